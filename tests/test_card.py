@@ -1,0 +1,179 @@
+"""The model card contract: round trip, field-level errors, task rules, sha256, schema in sync."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from models import card_paths
+from models.card import CardError, ModelCard, sha256_file
+from models.schema import SCHEMA_PATH, render
+
+
+def _valid(task: str = "translate") -> dict:
+    card = {
+        "name": "summer2winter",
+        "task": "translate",
+        "method": "cyclegan",
+        "description": "Summer to winter, Yosemite.",
+        "architecture": "ResnetGenerator(ngf=32, n_blocks=6)",
+        "parameters": 1234,
+        "macs_256": 5678,
+        "onnx_file": "model.onnx",
+        "sha256": "0" * 64,
+        "opset": 17,
+        "input": {"channels": 3, "range": [-1, 1], "multiple_of": 4, "native_size": 128},
+        "output": {"channels": 3, "range": [-1, 1]},
+        "training": {
+            "dataset": "summer2winter_yosemite",
+            "source": "Jacklu0831/GAN-Projects",
+            "license": "research use",
+            "split_sizes": {"trainA": 500, "trainB": 500},
+            "recipe_config": {"ngf": 32},
+            "steps": 10,
+            "wall_time_s": 1.5,
+            "hardware": "cpu",
+            "commit": "abc",
+        },
+        "metrics": [
+            {"name": "fid", "value": 70.0, "split": "testA->testB", "protocol": "p", "command": "c"},
+        ],
+        "headline_metric": "fid",
+    }
+    if task == "sample":
+        card.update(task="sample", method="cgan", classes=["cat", "fish"], latent_dim=64, output_size=28)
+        card["output"] = {"channels": 1, "range": [-1, 1]}
+        del card["input"]
+    if task == "upscale":
+        card.update(task="upscale", method="srgan", scale=4)
+        card["input"] = {"channels": 3, "range": [0, 1], "multiple_of": 1, "native_size": 32}
+        card["output"] = {"channels": 3, "range": [0, 1]}
+    return card
+
+
+@pytest.mark.parametrize("task", ["translate", "sample", "upscale"])
+def test_valid_card_round_trips(tmp_path: Path, task: str) -> None:
+    card = ModelCard.from_dict(_valid(task))
+    card.save(tmp_path)
+    again = ModelCard.load(tmp_path / "card.json")
+    assert again == card
+    assert json.loads((tmp_path / "card.json").read_text())["task"] == task
+
+
+@pytest.mark.parametrize(
+    "field", ["name", "task", "method", "description", "parameters", "sha256", "opset", "output", "training"]
+)
+def test_missing_field_is_named(tmp_path: Path, field: str) -> None:
+    data = _valid()
+    del data[field]
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(CardError) as e:
+        ModelCard.load(path)
+    assert str(path) in str(e.value)
+    assert f"field '{field}': missing" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("parameters",), "many", "parameters"),
+        (("sha256",), "xyz", "sha256"),
+        (("task",), "paint", "task"),
+        (("input", "channels"), 4, "input.channels"),
+        (("input", "range"), [0, 255], "input.range"),
+        (("input", "multiple_of"), 0, "input.multiple_of"),
+        (("training", "steps"), -1, "training.steps"),
+        (("metrics", 0, "value"), "good", "metrics.0.value"),
+        (("onnx_file",), "../evil.onnx", "onnx_file"),
+        (("name",), "Bad Name!", "name"),
+    ],
+)
+def test_ill_typed_field_is_named(path: tuple, value: object, named: str) -> None:
+    data = _valid()
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(CardError, match=f"field '{named}'"):
+        ModelCard.from_dict(data, source="x/card.json")
+
+
+def test_unknown_field_is_refused() -> None:
+    data = _valid()
+    data["colour"] = "blue"
+    with pytest.raises(CardError, match="field 'colour'"):
+        ModelCard.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("task", "mutate", "message"),
+    [
+        ("upscale", lambda d: d.pop("scale"), "'scale' is required"),
+        ("sample", lambda d: d.pop("classes"), "'classes' is required"),
+        ("translate", lambda d: d.update(scale=4), "'scale' does not apply"),
+        ("sample", lambda d: d.update(classes=["a", "a"]), "distinct"),
+        ("translate", lambda d: d.update(headline_metric="psnr"), "no metric named 'psnr'"),
+    ],
+)
+def test_task_rules(task: str, mutate, message: str) -> None:
+    data = copy.deepcopy(_valid(task))
+    mutate(data)
+    with pytest.raises(CardError, match=message):
+        ModelCard.from_dict(data)
+
+
+def test_not_json_and_not_object(tmp_path: Path) -> None:
+    bad = tmp_path / "card.json"
+    bad.write_text("{nope")
+    with pytest.raises(CardError, match="not valid JSON"):
+        ModelCard.load(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(CardError, match="must be a JSON object"):
+        ModelCard.load(bad)
+    with pytest.raises(CardError, match="not found"):
+        ModelCard.load(tmp_path / "nothing" / "card.json")
+
+
+def test_sha256_mismatch_and_missing_file_are_detected(tmp_path: Path) -> None:
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"pretend this is a model")
+    data = _valid()
+    data["sha256"] = sha256_file(onnx)
+    card = ModelCard.from_dict(data)
+    assert card.verify_file(tmp_path) == onnx
+    onnx.write_bytes(b"pretend this is another model")
+    with pytest.raises(CardError, match="does not match"):
+        card.verify_file(tmp_path)
+    onnx.unlink()
+    with pytest.raises(CardError, match="missing"):
+        card.verify_file(tmp_path)
+
+
+def test_class_index_resolves_names_and_indices() -> None:
+    card = ModelCard.from_dict(_valid("sample"))
+    assert card.class_index("fish") == 1
+    assert card.class_index(0) == 0
+    assert card.class_index("1") == 1
+    with pytest.raises(ValueError, match=r"use one of \['cat', 'fish'\]"):
+        card.class_index("dog")
+    with pytest.raises(ValueError, match="out of range"):
+        card.class_index(2)
+    with pytest.raises(ValueError, match="out of range"):
+        card.class_index("-1")
+
+
+def test_committed_schema_is_in_sync() -> None:
+    assert SCHEMA_PATH.read_text(encoding="utf-8") == render(), (
+        "models/card.schema.json is stale: run `python -m models.schema`"
+    )
+
+
+def test_shipped_cards_validate() -> None:
+    for path in card_paths():
+        card = ModelCard.load(path)
+        assert card.name == path.parent.name, f"{path}: card name must equal its folder name"
+        card.verify_file(path.parent)

@@ -1,0 +1,93 @@
+"""The CLI dispatcher: lazy imports, helpful errors, `transfigure models`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from training.cli import main
+
+# Runs a snippet in a fresh interpreter where importing torch (or anything listed) fails, as it
+# would with only the `serve` extra installed.
+_BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split('.')[0] in {blocked!r}:
+                raise ModuleNotFoundError(f"No module named '{{name}}'", name=name)
+            return None
+    sys.meta_path.insert(0, _Block())
+    """
+)
+
+
+def _run_without(blocked: set[str], code: str) -> subprocess.CompletedProcess:
+    script = _BLOCKER.format(blocked=blocked) + textwrap.dedent(code)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+def test_models_lists_empty_and_real_zoo_without_torch(tmp_path: Path) -> None:
+    from tests.test_card import _valid
+
+    folder = tmp_path / "summer2winter"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps(_valid()))
+    proc = _run_without(
+        {"torch", "torchvision"},
+        f"""
+        from training.cli import main
+        rc = main(["models", "--models-dir", {str(tmp_path)!r}])
+        assert "torch" not in sys.modules
+        print("RC", rc)
+        """,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "summer2winter" in proc.stdout and "fid=70" in proc.stdout
+    assert "RC 0" in proc.stdout
+
+
+def test_models_reports_unusable_cards(tmp_path: Path, capsys) -> None:
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.json").write_text("{}")
+    assert main(["models", "--models-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "unusable card" in out and "field 'name': missing" in out
+
+
+def test_models_empty_zoo(tmp_path: Path, capsys) -> None:
+    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    assert "no models found" in capsys.readouterr().out
+
+
+def test_train_without_torch_names_the_extra() -> None:
+    proc = _run_without(
+        {"torch", "torchvision"},
+        """
+        from training.cli import main
+        print("RC", main(["train", "cyclegan", "--steps", "1"]))
+        """,
+    )
+    assert "RC 3" in proc.stdout, proc.stdout + proc.stderr
+    assert "transfigure[train]" in proc.stderr
+
+
+def test_unknown_command_and_recipe_are_refused(capsys) -> None:
+    for argv in (["paint"], ["train", "dcgan"]):
+        try:
+            main(argv)
+        except SystemExit as e:
+            assert e.code == 2
+        err = capsys.readouterr().err
+        assert "choose one of" in err
+
+
+def test_console_script_help() -> None:
+    exe = Path(sys.executable).with_name("transfigure")
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for cmd in ("train", "evaluate", "export", "batch", "serve", "models"):
+        assert cmd in proc.stdout
