@@ -1,0 +1,127 @@
+"""ASGI middleware in front of the BentoML app: body size limit (413), bearer token, GET /models.
+
+Plain ASGI (no framework) so that it runs before BentoML reads the body: an oversized upload is
+refused from its Content-Length, or cut off as soon as the streamed bytes pass the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Probes and scrapers must work without the token (Kubernetes and Prometheus do not send one).
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+
+
+async def _send_json(
+    send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+            + (headers or []),
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class GuardMiddleware:
+    """Reject oversized bodies (413) and requests without the bearer token (401); serve GET /models.
+
+    ``models_json`` is called per GET /models request and returns the JSON-able listing.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        api_token: str | None = None,
+        models_json: Callable[[], Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.api_token = api_token
+        self.models_json = models_json
+
+    def _authorized(self, scope: Scope) -> bool:
+        if not self.api_token or scope.get("path", "") in OPEN_PATHS:
+            return True
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and hmac.compare_digest(token.strip(), self.api_token)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not self._authorized(scope):
+            await _send_json(
+                send,
+                401,
+                {
+                    "error": "missing or wrong bearer token: send 'Authorization: Bearer <TRANSFIGURE_API_TOKEN>'"
+                },
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        if scope.get("path") == "/models" and scope.get("method") in {"GET", "HEAD"} and self.models_json:
+            await _send_json(send, 200, self.models_json())
+            return
+        limit = self.max_body_bytes
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await _send_json(send, 400, {"error": "invalid Content-Length header"})
+                    return
+                if declared > limit:
+                    await _send_json(
+                        send, 413, {"error": f"request body is {declared} bytes; the limit is {limit}"}
+                    )
+                    return
+
+        received = 0
+        exceeded = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise _TooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:  # the app's own error answer to the cut-off body is replaced by our 413
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        with contextlib.suppress(_TooLarge):  # raised from limited_receive if the app let it through
+            await self.app(scope, limited_receive, guarded_send)
+        if exceeded and not started:
+            await _send_json(send, 413, {"error": f"request body is larger than the limit of {limit} bytes"})

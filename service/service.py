@@ -1,0 +1,353 @@
+"""The BentoML service: ``bentoml serve service.service:Transfigure``.
+
+Endpoints (all POST, multipart/form-data or JSON; images are file uploads and are never fetched
+from a URL):
+
+* ``/translate`` — ``image`` + ``model`` (a translate model) [+ ``max_side``, ``format`` png|jpeg|webp]
+  -> the translated image, the size of the (possibly downscaled) input. ``max_side`` can only
+  lower the server's ``TRANSFIGURE_MAX_SIDE``.
+* ``/upscale`` — ``image`` + ``model`` (an upscale model) [+ ``format``] -> the image, ``scale`` x larger,
+  computed in overlapping tiles.
+* ``/sample`` — ``model`` + ``label`` (class name or index) + ``n`` (1..64) [+ ``seed``, ``grid``] ->
+  one PNG grid (``grid=true``, default) or JSON ``{"seed", "label", "images": [base64 PNG, ...]}``
+  (``grid=false``). The seed used is returned in the ``X-Seed`` header; the same seed gives the
+  same bytes. Samples of concurrent requests are batched (``/sample_batch``, internal).
+* ``/models`` (GET or POST) — the cards, plus models that failed to load and why.
+* BentoML's ``/livez``, ``/readyz`` (200 only once every model is loaded and warmed up),
+  ``/metrics`` (Prometheus) and ``/docs.json`` (OpenAPI).
+
+Bad input is a 4xx with ``{"error": ...}`` (BentoML wraps it in a one-element list), never a 500.
+The heavy lifting is in ``service.imaging`` and ``service.zoo``; configuration in ``service.config``.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+import bentoml
+import numpy as np
+from bentoml.exceptions import BadInput, BentoMLException, InvalidArgument
+from bentoml.validators import ContentType
+from starlette.responses import JSONResponse, Response
+
+from models.card import CardError
+from service import imaging
+from service.config import ServiceConfig
+from service.middleware import GuardMiddleware
+from service.zoo import LoadedModel, ModelNotFound, WrongTask, Zoo, check_cards
+
+log = logging.getLogger("bentoml.transfigure")
+T = TypeVar("T")
+
+CONFIG = ServiceConfig.from_env()
+ImageFile = Annotated[Path, ContentType("image/*")]
+_CURRENT: dict[str, Transfigure] = {}  # the service instance of this worker, for the middleware
+
+
+def _refuse_url_uploads() -> None:
+    """Make BentoML's multipart parser refuse a text value in a file field instead of fetching it.
+
+    BentoML 1.4 downloads a URL sent in place of a file (``MultipartSerde.ensure_file``): a
+    server-side request forgery hole for a public image endpoint. We accept uploads only.
+    """
+    from _bentoml_impl import serde
+    from starlette.datastructures import UploadFile
+
+    async def ensure_file(obj: Any) -> UploadFile:
+        if isinstance(obj, UploadFile):
+            return obj
+        raise BadInput(
+            "image fields take a file upload (multipart/form-data); URLs and text are not accepted"
+        )
+
+    serde.MultipartSerde.ensure_file = staticmethod(ensure_file)
+
+
+_refuse_url_uploads()
+
+
+def _preflight() -> None:
+    """Refuse to start on a bad card or file, naming it, before BentoML spawns workers.
+
+    A worker that fails in ``__init__`` is restarted by BentoML's arbiter forever; failing at import
+    makes ``bentoml serve`` itself exit with the message. (Cards + sha256 only; sessions come later.)
+    """
+    if CONFIG.strict:
+        check_cards(CONFIG.models_dir, CONFIG.models, strict=True)
+
+
+_preflight()
+
+
+def _client_error(e: Exception) -> BentoMLException:
+    status = getattr(e, "status_code", 400)
+    if status == 400:
+        return InvalidArgument(str(e))
+    return BentoMLException(str(e), error_code=HTTPStatus(status))
+
+
+async def _in_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run blocking work off the event loop; our own input errors become 4xx."""
+    try:
+        return await anyio.to_thread.run_sync(func, *args)
+    except (imaging.ImageError, ModelNotFound, WrongTask) as e:
+        raise _client_error(e) from None
+
+
+@bentoml.service(
+    name="transfigure",
+    workers=CONFIG.workers,
+    threads=1,  # sync APIs (the sample batches) run one at a time: ORT already uses every core
+    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+)
+class Transfigure:
+    def __init__(self) -> None:
+        self.config = CONFIG
+        self.ready = False
+        try:
+            self.zoo = Zoo.load(
+                CONFIG.models_dir,
+                names=CONFIG.models,
+                strict=CONFIG.strict,
+                threads=CONFIG.threads,
+                workers=CONFIG.workers,
+            )
+        except CardError as e:
+            log.error("refusing to start: %s (set TRANSFIGURE_STRICT=0 to start without this model)", e)
+            raise
+        if len(self.zoo) == 0:
+            log.warning(
+                "no models found in %s: every model endpoint will answer 400 until one is exported there "
+                "(see README, 'Training on your own data')",
+                CONFIG.models_dir,
+            )
+        for name, why in self.zoo.unavailable.items():
+            log.warning("model '%s' unavailable: %s", name, why)
+        self.zoo.warmup()
+        self._infer = threading.BoundedSemaphore(CONFIG.infer_concurrency)
+        self._sample_names = self.zoo.names("sample")
+        self._latent = max((self.zoo.get(n).card.latent_dim or 0 for n in self._sample_names), default=0)
+        self._proxy_auth_done = False
+        self.ready = True
+        _CURRENT["instance"] = self
+        log.info("models ready: %s", ", ".join(self.zoo.names()) or "(none)")
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _model(self, name: str, task: str) -> LoadedModel:
+        name = (name or "").strip()
+        if not name:
+            fitting = self.zoo.names(task)
+            if len(fitting) == 1:  # one model of this task: the name may be left out
+                return self.zoo.get(fitting[0], task)
+            listing = ", ".join(fitting) or "(none loaded)"
+            raise InvalidArgument(f"field 'model' is required: /{task} needs one of: {listing}")
+        try:
+            return self.zoo.get(name, task)
+        except (ModelNotFound, WrongTask) as e:
+            raise InvalidArgument(str(e)) from None
+
+    @staticmethod
+    def _format(fmt: str) -> str:
+        try:
+            return imaging.normalize_format(fmt)
+        except imaging.ImageError as e:
+            raise InvalidArgument(str(e)) from None
+
+    def listing(self) -> dict[str, Any]:
+        root = str(self.zoo.root)
+        out: dict[str, Any] = {
+            "models": [dict(c.model_dump(mode="json"), available=True) for c in self.zoo.cards()],
+            "unavailable": {n: why.replace(root, "<zoo>") for n, why in self.zoo.unavailable.items()},
+        }
+        if not self.zoo.models:
+            out["message"] = "no models found: export one into the zoo (TRANSFIGURE_MODELS_DIR) and restart"
+        return out
+
+    # -- translate / upscale -------------------------------------------------------------------
+    def _translate_sync(
+        self, model: LoadedModel, data: bytes, max_side: int | None, fmt: str
+    ) -> tuple[bytes, str]:
+        img = imaging.decode_image(data, self.config.limits)
+        img = imaging.resize_to_max_side(img, max_side)
+        with self._infer:
+            out = imaging.translate_image(model, img)
+        return imaging.encode_image(out, fmt)
+
+    def _upscale_sync(self, model: LoadedModel, data: bytes, fmt: str) -> tuple[bytes, str]:
+        limits = self.config.limits
+        img = imaging.decode_image(data, limits)
+        w, h = img.size
+        if w * h > limits.max_upscale_pixels:
+            raise imaging.ImageError(
+                f"image is {w}x{h} ({w * h / 1e6:.1f} MP); /upscale takes at most "
+                f"{limits.max_upscale_pixels / 1e6:.1f} MP: downscale it or cut it into parts",
+                status_code=413,
+            )
+        with self._infer:
+            out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
+        return imaging.encode_image(out, fmt)
+
+    @bentoml.api
+    async def translate(
+        self, image: Path, model: str = "", max_side: int | None = None, format: str = "png"
+    ) -> ImageFile:
+        """Translate an image with a `translate` model; same size out (after the max_side downscale)."""
+        m = self._model(model, "translate")
+        fmt = self._format(format)
+        side = self.config.limits.max_side
+        if max_side is not None:
+            if max_side < 1:
+                raise InvalidArgument(f"max_side must be a positive number of pixels, got {max_side}")
+            side = min(max_side, side) if side else max_side
+        body, media_type = await _in_thread(self._translate_sync, m, image.read_bytes(), side, fmt)
+        return Response(body, media_type=media_type, headers={"X-Model": m.name})  # type: ignore[return-value]
+
+    @bentoml.api
+    async def upscale(self, image: Path, model: str = "", format: str = "png") -> ImageFile:
+        """Super-resolve an image with an `upscale` model; exactly `scale` times larger out."""
+        m = self._model(model, "upscale")
+        fmt = self._format(format)
+        body, media_type = await _in_thread(self._upscale_sync, m, image.read_bytes(), fmt)
+        return Response(body, media_type=media_type, headers={"X-Model": m.name})  # type: ignore[return-value]
+
+    # -- sample --------------------------------------------------------------------------------
+    def _sample_rows_sync(self, rows: np.ndarray) -> np.ndarray:
+        """Rows ``[model index, label, z...]`` -> uint8 rows of flattened S x S x C images."""
+        groups = []
+        for idx in np.unique(rows[:, 0]).astype(int):
+            model = self.zoo.get(self._sample_names[idx], "sample")
+            sel = np.flatnonzero(rows[:, 0] == idx)
+            card = model.card
+            assert card.latent_dim is not None
+            feeds = {
+                "z": np.ascontiguousarray(rows[sel, 2 : 2 + card.latent_dim], dtype=np.float32),
+                "label": rows[sel, 1].astype(np.int64),
+            }
+            with self._infer:
+                images = imaging.samples_to_uint8(model, model.run(feeds))
+            groups.append((sel, images.reshape(len(sel), -1)))
+        width = max(g[1].shape[1] for g in groups)
+        out = np.zeros((len(rows), width), np.uint8)
+        for sel, flat in groups:
+            out[sel, : flat.shape[1]] = flat
+        return out
+
+    @bentoml.api(
+        batchable=True,
+        batch_dim=0,
+        max_batch_size=max(CONFIG.sample_max_batch, CONFIG.max_samples),
+        max_latency_ms=CONFIG.sample_max_latency_ms,
+    )
+    def sample_batch(self, rows: np.ndarray) -> np.ndarray:
+        """Internal (used by /sample for adaptive batching): float rows [model index, label, z...]."""
+        rows = np.asarray(rows, dtype=np.float32)
+        n_models = len(self._sample_names)
+        if not n_models:
+            raise BadInput("no sample models are loaded")
+        if rows.ndim != 2 or rows.shape[1] != 2 + self._latent or len(rows) > max(CONFIG.sample_max_batch, 1):
+            raise BadInput(f"rows must be N x {2 + self._latent} (N <= {CONFIG.sample_max_batch})")
+        idx, labels = rows[:, 0], rows[:, 1]
+        if (
+            not np.isfinite(rows).all()
+            or (idx != np.round(idx)).any()
+            or idx.min() < 0
+            or idx.max() >= n_models
+        ):
+            raise BadInput("column 0 must be a sample model index")
+        for i, name in enumerate(self._sample_names):
+            n_classes = len(self.zoo.get(name).card.classes or [])
+            lab = labels[idx == i]
+            if len(lab) and ((lab != np.round(lab)).any() or lab.min() < 0 or lab.max() >= n_classes):
+                raise BadInput(f"column 1 must be a class index of model '{name}'")
+        return self._sample_rows_sync(rows)
+
+    async def _run_rows(self, rows: np.ndarray) -> np.ndarray:
+        client = getattr(self, "to_async", None)
+        if getattr(self, "__self_proxy__", None) is None or client is None:
+            # outside a server (plain Python use): no batching, run directly
+            return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
+        if self.config.api_token and not self._proxy_auth_done:
+            await self._authorize_proxy(client)
+        return np.asarray(await client.sample_batch(rows), dtype=np.uint8)
+
+    async def _authorize_proxy(self, client: Any) -> None:
+        """The batching hop goes back through our own middleware, token check included.
+
+        BentoML 1.4's self-proxy has no public way to add a header: its default headers dict is
+        shared with its session manager, and sessions are created lazily, so we add ours there.
+        """
+        bearer = f"Bearer {self.config.api_token}"
+        headers = getattr(client, "default_headers", None)
+        if isinstance(headers, dict):
+            headers["Authorization"] = bearer
+        manager = getattr(client, "_session_manager", None)
+        if manager is not None:
+            if isinstance(getattr(manager, "_headers", None), dict):
+                manager._headers["Authorization"] = bearer
+            await manager.close()  # a session made before this point would lack the header
+        self._proxy_auth_done = True
+
+    @bentoml.api
+    async def sample(
+        self, model: str = "", label: str | int = 0, n: int = 16, seed: int | None = None, grid: bool = True
+    ) -> Annotated[Path, ContentType("image/png")]:
+        """Draw `n` samples of class `label` (name or index); PNG grid, or JSON of base64 PNGs."""
+        m = self._model(model, "sample")
+        card = m.card
+        try:
+            label_idx = card.class_index(label)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        if not 1 <= n <= self.config.max_samples:
+            raise InvalidArgument(f"n must be between 1 and {self.config.max_samples}, got {n}")
+        if seed is None:
+            seed = secrets.randbits(31)
+        elif not 0 <= seed < 2**63:
+            raise InvalidArgument(f"seed must be between 0 and 2**63-1, got {seed}")
+        assert card.latent_dim is not None and card.output_size is not None
+        rows = np.zeros((n, 2 + self._latent), np.float32)
+        rows[:, 0] = self._sample_names.index(m.name)
+        rows[:, 1] = label_idx
+        rows[:, 2 : 2 + card.latent_dim] = imaging.sample_latents(card.latent_dim, n, seed)
+        flat = await self._run_rows(rows)
+        s, c = card.output_size, card.output.channels
+        images = flat[:, : s * s * c].reshape(n, s, s, c)
+        headers = {"X-Seed": str(seed), "X-Model": m.name, "X-Label": card.classes[label_idx]}  # type: ignore[index]
+        if grid:
+            body, media_type = await anyio.to_thread.run_sync(
+                lambda: imaging.encode_image(imaging.make_grid(images))
+            )
+            return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
+        encoded = [base64.b64encode(imaging.encode_image(im)[0]).decode("ascii") for im in images]
+        payload = {"model": m.name, "label": card.classes[label_idx], "seed": seed, "images": encoded}  # type: ignore[index]
+        return JSONResponse(payload, headers=headers)  # type: ignore[return-value]
+
+    # -- models --------------------------------------------------------------------------------
+    @bentoml.api(route="/models")
+    def models(self) -> dict[str, Any]:
+        """The model cards (also at GET /models), plus models that failed to load and why."""
+        return self.listing()
+
+
+def _models_json() -> Any:
+    instance = _CURRENT.get("instance")
+    return instance.listing() if instance else {"error": "the service is still starting"}
+
+
+Transfigure.add_asgi_middleware(
+    GuardMiddleware,
+    max_body_bytes=CONFIG.max_body_bytes,
+    api_token=CONFIG.api_token,
+    models_json=_models_json,
+)

@@ -1,0 +1,278 @@
+"""The model zoo at serving time: find the cards, check each ONNX file, open one session per model.
+
+Shared by the HTTP service and the batch job; imports no BentoML and no torch. A model is usable
+only if its card validates, its file exists with the card's sha256, and its ONNX graph has the
+tensor names the card's task promises. ``Zoo.load(strict=True)`` refuses to start on the first
+problem (the message names the file); ``strict=False`` skips the model and records why in
+``zoo.unavailable`` so that the service can list it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from models import card_paths, zoo_dir
+from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, CardError, ModelCard
+
+log = logging.getLogger("transfigure.zoo")
+
+TASKS = ("translate", "sample", "upscale")
+# ONNX inputs each task's graph must have (see CONTRIBUTING.md, "ONNX models").
+TASK_INPUTS = {"translate": (IMAGE_INPUT,), "upscale": (IMAGE_INPUT,), "sample": (Z_INPUT, LABEL_INPUT)}
+
+
+class ModelNotFound(ValueError):
+    """An unknown (or unavailable) model name; the message lists the valid ones."""
+
+
+class WrongTask(ValueError):
+    """A model used by an endpoint of another task; the message lists the models that fit."""
+
+
+# -- CPUs and session options ------------------------------------------------------------------
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 ``cfs_quota_us``), None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            return int(quota) / int(period)
+        return None
+    except (OSError, ValueError):
+        pass
+    for sub in ("cpu", "cpu,cpuacct", "."):
+        try:
+            quota_us = int((root / sub / "cpu.cfs_quota_us").read_text())
+            period_us = int((root / sub / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if quota_us > 0 and period_us > 0:
+            return quota_us / period_us
+    return None
+
+
+def cpu_count(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may really use: affinity mask, capped by the cgroup quota (a pod's limit).
+
+    ``os.cpu_count()`` reports the node's cores, which would oversubscribe a pod limited to 2.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit(cgroup_root)
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+def session_options(threads: int | None = None, workers: int = 1) -> ort.SessionOptions:
+    """ORT options for one session of one of ``workers`` processes sharing this pod's CPUs.
+
+    Threads default to available CPUs // workers. Spinning (ORT's busy-wait between ops) is turned
+    off when processes share cores, where it would burn the CPU the other workers need.
+    """
+    workers = max(1, int(workers))
+    cpus = cpu_count()
+    intra = int(threads) if threads else max(1, cpus // workers)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = max(1, intra)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # warnings from ORT go to stderr unformatted; keep errors only
+    if workers > 1 or intra * workers > cpus:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+# -- one model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A validated card with its open onnxruntime session."""
+
+    name: str
+    card: ModelCard
+    path: Path
+    session: ort.InferenceSession
+
+    @property
+    def task(self) -> str:
+        return self.card.task
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run the graph and return its ``output`` tensor."""
+        return self.session.run([OUTPUT], feeds)[0]
+
+    def warmup_feeds(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Feeds of the model's native shape (used for warm-up and benchmarks)."""
+        card = self.card
+        if card.task == "sample":
+            assert card.latent_dim is not None
+            return {
+                Z_INPUT: np.zeros((batch, card.latent_dim), np.float32),
+                LABEL_INPUT: np.zeros((batch,), np.int64),
+            }
+        assert card.input is not None
+        m = card.input.multiple_of
+        side = max(m, math.ceil(card.input.native_size / m) * m)
+        return {IMAGE_INPUT: np.zeros((batch, card.input.channels, side, side), np.float32)}
+
+    def warmup(self) -> None:
+        """One inference at native size, so that the first request does not pay ORT's lazy setup."""
+        self.run(self.warmup_feeds())
+
+
+def _check_graph(card: ModelCard, session: ort.InferenceSession, onnx_path: Path) -> None:
+    inputs = {i.name for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [n for n in TASK_INPUTS[card.task] if n not in inputs]
+    if missing or OUTPUT not in outputs:
+        raise CardError(
+            f"{onnx_path}: a '{card.task}' model needs inputs {list(TASK_INPUTS[card.task])} and output "
+            f"'{OUTPUT}', the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; re-export it"
+        )
+
+
+def load_model(card_path: Path, threads: int | None = None, workers: int = 1) -> LoadedModel:
+    """Validate one ``<name>/card.json`` + its ONNX file and open the session; raises CardError."""
+    card = ModelCard.load(card_path)
+    onnx_path = card.verify_file(card_path.parent)
+    try:
+        session = ort.InferenceSession(
+            str(onnx_path), sess_options=session_options(threads, workers), providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # ORT raises its own exception types for unreadable graphs
+        raise CardError(f"{onnx_path}: onnxruntime cannot load the model ({e})") from None
+    _check_graph(card, session, onnx_path)
+    return LoadedModel(name=card.name, card=card, path=onnx_path, session=session)
+
+
+def check_cards(
+    root: Path | None = None, names: list[str] | None = None, strict: bool = True
+) -> tuple[list[ModelCard], dict[str, str]]:
+    """Validate cards and sha256 without opening sessions (cheap: for start-up checks and CLIs).
+
+    Returns (good cards, {folder name: problem}); strict raises CardError at the first problem.
+    """
+    root = Path(root) if root is not None else zoo_dir()
+    cards: list[ModelCard] = []
+    problems: dict[str, str] = {}
+    for path in card_paths(root):
+        if names and path.parent.name not in names:
+            continue
+        try:
+            card = ModelCard.load(path)
+            card.verify_file(path.parent)
+        except CardError as e:
+            if strict:
+                raise
+            problems[path.parent.name] = str(e)
+            continue
+        cards.append(card)
+    return cards, problems
+
+
+# -- the zoo -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Zoo:
+    """The usable models by name, plus the ones that could not be loaded and why."""
+
+    root: Path
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        root: Path | None = None,
+        names: list[str] | None = None,
+        strict: bool = True,
+        threads: int | None = None,
+        workers: int = 1,
+    ) -> Zoo:
+        """Open every model under ``root`` (default: ``models.zoo_dir()``), or only ``names``.
+
+        strict: the first unusable model raises CardError naming its file. Otherwise it is skipped
+        and recorded in ``unavailable`` (name -> reason).
+        """
+        root = Path(root) if root is not None else zoo_dir()
+        zoo = cls(root=root)
+        wanted = set(names) if names else None
+        for path in card_paths(root):
+            folder_name = path.parent.name
+            if wanted is not None and folder_name not in wanted:
+                # cheap pre-filter by folder; the card name is checked again below
+                try:
+                    if ModelCard.load(path).name not in wanted:
+                        continue
+                except CardError:
+                    continue
+            try:
+                model = load_model(path, threads=threads, workers=workers)
+                if model.name in zoo.models:
+                    raise CardError(
+                        f"{path}: model name '{model.name}' is already used by {zoo.models[model.name].path}"
+                    )
+            except CardError as e:
+                if strict:
+                    raise
+                log.warning("model unavailable: %s", e)
+                zoo.unavailable[folder_name] = str(e)
+                continue
+            zoo.models[model.name] = model
+        for name in sorted((wanted or set()) - set(zoo.models) - set(zoo.unavailable)):
+            msg = f"{root / name}: model '{name}' was asked for but has no card.json in the zoo"
+            if strict:
+                raise CardError(msg)
+            zoo.unavailable[name] = msg
+        return zoo
+
+    # -- look-up -------------------------------------------------------------------------------
+    def names(self, task: str | None = None) -> list[str]:
+        return sorted(n for n, m in self.models.items() if task is None or m.card.task == task)
+
+    def cards(self) -> list[ModelCard]:
+        return [self.models[n].card for n in self.names()]
+
+    def get(self, name: str, task: str | None = None) -> LoadedModel:
+        """The model called ``name``; with ``task``, it must be of that task (else WrongTask)."""
+        fitting = self.names(task)
+        listing = ", ".join(fitting) if fitting else "(none loaded)"
+        model = self.models.get(name)
+        if model is None:
+            if name in self.unavailable:
+                raise ModelNotFound(
+                    f"model '{name}' is unavailable (failed to load at start-up); available: {listing}"
+                )
+            raise ModelNotFound(f"unknown model '{name}': available: {listing}")
+        if task is not None and model.card.task != task:
+            raise WrongTask(f"model '{name}' is a '{model.card.task}' model; /{task} needs one of: {listing}")
+        return model
+
+    def warmup(self) -> None:
+        for name in self.names():
+            self.models[name].warmup()
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        return iter(self.models[n] for n in self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.models

@@ -1,0 +1,205 @@
+"""Serving benchmark: the real server against raw onnxruntime on the same models.
+
+For every model in the zoo (or tiny test models when the zoo is empty) it measures
+* raw ORT: p50 of one inference on the same input tensor the service would build (offline
+  throughput = requests/s of a sequential loop);
+* served: p50/p95 latency at concurrency 1, throughput at concurrency 4 and 16, through
+  ``bentoml serve`` on 127.0.0.1 (encode/decode and HTTP included);
+and prints the ratios. Targets: served p50 <= 1.15x raw ORT, throughput at c16 >= 90 % offline.
+(Tiny models run in microseconds, so their ratios measure HTTP overhead, not the service.)
+
+    .venv/bin/python tests/benchmarks/serve_bench.py [--models-dir DIR] [--requests 40] [--size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from models import zoo_dir  # noqa: E402
+from service import imaging  # noqa: E402
+from service.zoo import LoadedModel, Zoo  # noqa: E402
+
+FIXTURE = REPO / "tests" / "fixtures" / "sr" / "butterfly.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _input_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.open(FIXTURE).convert("RGB").resize((side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _request(model: LoadedModel, side: int, n_samples: int) -> tuple[str, dict, dict | None]:
+    task = model.card.task
+    if task == "sample":
+        return "/sample", {"model": model.name, "n": str(n_samples), "seed": "1"}, None
+    return f"/{task}", {"model": model.name}, {"image": ("in.png", _input_png(side), "image/png")}
+
+
+def _raw_feeds(model: LoadedModel, side: int, n_samples: int) -> dict[str, np.ndarray]:
+    if model.card.task == "sample":
+        return imaging.sample_feeds(model, 0, n_samples, 1)
+    assert model.card.input is not None
+    rgb = np.asarray(Image.open(io.BytesIO(_input_png(side))).convert("RGB"))
+    x = imaging.to_tensor(rgb, model.card.input)
+    return {"image": imaging.pad_to_multiple(x, model.card.input.multiple_of, imaging.MIN_TRANSLATE_SIDE)}
+
+
+def _raw_ort(model: LoadedModel, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
+    model.run(feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _served(
+    url: str, req: tuple[str, dict, dict | None], total: int, concurrency: int
+) -> tuple[list[float], float]:
+    route, data, files = req
+    with httpx.Client(base_url=url, timeout=120) as client:
+        client.post(route, data=data, files=files).raise_for_status()  # warm
+
+        def one(_: int) -> float:
+            t0 = time.perf_counter()
+            client.post(route, data=data, files=files).raise_for_status()
+            return time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            lat = list(pool.map(one, range(total)))
+        return lat, total / (time.perf_counter() - t0)
+
+
+def _p(xs: list[float], q: float) -> float:
+    return float(np.percentile(xs, q)) * 1000
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models-dir", type=Path, default=None)
+    ap.add_argument("--requests", type=int, default=40, help="requests per measurement")
+    ap.add_argument("--size", type=int, default=256, help="input image side for translate/upscale")
+    ap.add_argument("--samples", type=int, default=16, help="n per /sample request")
+    args = ap.parse_args()
+
+    root = args.models_dir or zoo_dir()
+    zoo = Zoo.load(root)
+    if not len(zoo):
+        from tests.tiny_models import make_zoo
+
+        root = make_zoo(Path(tempfile.mkdtemp(prefix="tiny-zoo-")))
+        zoo = Zoo.load(root)
+        print(f"zoo is empty: benchmarking the tiny test models in {root}")
+
+    port = _free_port()
+    env = {**os.environ, "TRANSFIGURE_MODELS_DIR": str(root), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("TRANSFIGURE_API_TOKEN", None)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.service:Transfigure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                print("server did not become ready", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        for model in zoo:
+            raw = _raw_ort(model, _raw_feeds(model, args.size, args.samples), args.requests)
+            raw_p50 = statistics.median(raw) * 1000
+            offline = 1000 / raw_p50
+            req = _request(model, args.size, args.samples)
+            lat1, _ = _served(url, req, args.requests, 1)
+            _, thr4 = _served(url, req, args.requests, 4)
+            _, thr16 = _served(url, req, args.requests, 16)
+            rows.append(
+                (
+                    model.name,
+                    model.card.task,
+                    f"{raw_p50:.2f}",
+                    f"{_p(lat1, 50):.2f}",
+                    f"{_p(lat1, 95):.2f}",
+                    f"{_p(lat1, 50) / raw_p50:.2f}x",
+                    f"{offline:.1f}",
+                    f"{thr4:.1f}",
+                    f"{thr16:.1f}",
+                    f"{100 * thr16 / offline:.0f}%",
+                )
+            )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    header = (
+        "model",
+        "task",
+        "ORT p50 ms",
+        "served p50",
+        "served p95",
+        "p50 ratio",
+        "ORT req/s",
+        "c4 req/s",
+        "c16 req/s",
+        "c16/ORT",
+    )
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
+    print(
+        f"inputs: {args.size}x{args.size} PNG (translate/upscale), n={args.samples} (sample); {args.requests} requests each"
+    )
+    print("targets: p50 ratio <= 1.15x, c16/ORT >= 90%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

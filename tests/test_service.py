@@ -1,0 +1,519 @@
+"""The HTTP service: middleware and CLI without a server, then the real `bentoml serve` on tiny models.
+
+The integration server is started ONCE for the module (start-up is slow on 2 cores). It runs with
+an API token, a small tile size, a 2 MiB upload limit and TRANSFIGURE_STRICT=0 with one broken
+model in its zoo, so that those paths are exercised by the same server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service import imaging
+from service.middleware import GuardMiddleware
+from service.serve_cli import add_arguments
+from service.serve_cli import run as serve_run
+from service.zoo import Zoo
+from tests.tiny_models import make_model, make_zoo
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "fixtures" / "sr" / "head.png"
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _png(w: int, h: int, mode: str = "RGB") -> bytes:
+    im = Image.open(FIXTURE).convert("RGB").resize((w, h)).convert(mode)
+    if mode == "RGBA":  # a real alpha plane (a fully opaque one may be dropped by encoders)
+        im.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# -- middleware (no server) ----------------------------------------------------------------------
+
+
+async def _echo_app(scope, receive, send) -> None:
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+def _guarded(**kw) -> httpx.AsyncClient:
+    app = GuardMiddleware(_echo_app, **{"max_body_bytes": 100, **kw})
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+
+def test_middleware_body_limit() -> None:
+    asyncio.run(_body_limit())
+
+
+async def _body_limit() -> None:
+    async with _guarded() as c:
+        assert (await c.post("/translate", content=b"x" * 100)).text == "100"
+        r = await c.post("/translate", content=b"x" * 101)
+        assert r.status_code == 413 and "limit is 100" in r.json()["error"]
+
+        async def chunks():  # no Content-Length: the streamed count is what trips
+            for _ in range(5):
+                yield b"x" * 40
+
+        r = await c.post("/translate", content=chunks())
+        assert r.status_code == 413 and "limit of 100" in r.json()["error"]
+
+
+def test_middleware_token_and_open_paths() -> None:
+    asyncio.run(_token_and_open_paths())
+
+
+async def _token_and_open_paths() -> None:
+    async with _guarded(api_token="s3cret", models_json=lambda: {"models": []}) as c:
+        r = await c.post("/translate", content=b"")
+        assert r.status_code == 401 and "Bearer" in r.json()["error"]
+        assert (await c.post("/translate", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        assert (await c.post("/translate", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+        for path in ("/livez", "/readyz", "/metrics"):
+            assert (await c.get(path)).status_code == 200
+        assert (await c.get("/models")).status_code == 401
+        assert (await c.get("/models", headers={"Authorization": "Bearer s3cret"})).json() == {"models": []}
+
+
+def test_config_docstring_lists_every_variable() -> None:
+    import service.config
+
+    documented = set(re.findall(r"`(TRANSFIGURE_[A-Z_]+)`", service.config.__doc__ or ""))
+    used = set()
+    for mod in ("config.py", "imaging.py"):
+        used |= set(re.findall(r'"(TRANSFIGURE_[A-Z_]+)"', (REPO / "service" / mod).read_text()))
+    assert used <= documented, f"undocumented: {used - documented}"
+
+
+# -- serve CLI (no server) -----------------------------------------------------------------------
+
+
+def _cli(argv: list[str]) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return serve_run(p.parse_args(argv))
+
+
+def test_serve_check_lists_models_and_refuses_bad_ones(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _cli(["--models-dir", str(tmp_path), "--check"]) == 0
+    assert "no models found" in capsys.readouterr().out
+    make_zoo(tmp_path, kinds=("translate", "upscale"))
+    assert _cli(["--models-dir", str(tmp_path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-translate" in out and "tiny-upscale" in out and "x2" in out
+    (tmp_path / "tiny-upscale" / "model.onnx").write_bytes(b"swapped")
+    assert _cli(["--models-dir", str(tmp_path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "tiny-upscale" / "model.onnx") in err and "refusing to start" in err
+    assert _cli(["--models-dir", str(tmp_path), "--check", "--allow-missing"]) == 0
+
+
+@pytest.mark.integration
+def test_bentoml_serve_refuses_a_bad_model_naming_the_file(tmp_path: Path) -> None:
+    make_zoo(tmp_path, kinds=("translate",))
+    bad = tmp_path / "tiny-translate" / "model.onnx"
+    bad.write_bytes(bad.read_bytes() + b"\0")
+    env = {**os.environ, "TRANSFIGURE_MODELS_DIR": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("TRANSFIGURE_STRICT", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.service:Transfigure",
+            "--port",
+            str(_free_port()),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert f"{bad}: sha256" in proc.stderr + proc.stdout
+
+
+# -- the real server -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_zoo(tmp_path_factory.mktemp("served_zoo"))
+    make_model(root, "sample", "broken")
+    (root / "broken" / "model.onnx").write_bytes(b"not onnx")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(zoo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TRANSFIGURE_MODELS_DIR": str(zoo_root),
+        "TRANSFIGURE_STRICT": "0",
+        "TRANSFIGURE_API_TOKEN": TOKEN,
+        "TRANSFIGURE_TILE": "16",
+        "TRANSFIGURE_MAX_BYTES": str(2 * 1024 * 1024),
+        "TRANSFIGURE_MAX_SIDE": "256",
+        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    log = (tmp_path_factory.mktemp("log") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service.service:Transfigure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after 90 s; see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def http(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+def _post(http: httpx.Client, route: str, files: dict | None = None, **data) -> httpx.Response:
+    return http.post(route, files=files, data={k: str(v) for k, v in data.items()} or None)
+
+
+def _error(r: httpx.Response) -> str:
+    body = r.json()
+    return (body[0] if isinstance(body, list) else body)["error"]
+
+
+@pytest.mark.integration
+def test_health_metrics_docs(server: str, http: httpx.Client) -> None:
+    assert httpx.get(f"{server}/livez").status_code == 200  # open without the token
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    assert "bentoml_service" in httpx.get(f"{server}/metrics").text
+    assert httpx.post(f"{server}/models").status_code == 401
+    spec = http.get("/docs.json").json()
+    assert {"/translate", "/sample", "/upscale", "/models"} <= set(spec["paths"])
+
+
+@pytest.mark.integration
+def test_models_lists_cards_and_unavailable(http: httpx.Client) -> None:
+    listing = http.get("/models").json()
+    assert [m["name"] for m in listing["models"]] == ["tiny-sample", "tiny-translate", "tiny-upscale"]
+    assert all(m["available"] for m in listing["models"])
+    assert "broken" in listing["unavailable"]
+    assert str(Path.cwd()) not in json.dumps(listing["unavailable"])  # no server paths
+    assert http.post("/models", json={}).json() == listing
+    r = _post(http, "/sample", model="broken")
+    assert r.status_code == 400 and "unavailable" in _error(r)
+
+
+@pytest.mark.integration
+def test_translate_with_sync_client(server: str, tmp_path: Path) -> None:
+    import bentoml
+
+    src = tmp_path / "in.png"
+    src.write_bytes(_png(45, 31))
+    with bentoml.SyncHTTPClient(server, token=TOKEN, timeout=30) as client:
+        out = client.translate(image=src, model="tiny-translate")
+    got = np.asarray(Image.open(out))
+    want = 255 - np.asarray(Image.open(src)).astype(int)
+    assert got.shape == (31, 45, 3) and np.abs(got - want).max() <= 1
+
+
+@pytest.mark.integration
+def test_translate_options_and_alpha(http: httpx.Client) -> None:
+    r = _post(
+        http, "/translate", {"image": ("a.png", _png(64, 32, "RGBA"))}, model="tiny-translate", format="webp"
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+    out = Image.open(io.BytesIO(r.content))
+    assert out.mode == "RGBA" and np.asarray(out)[:, :, 3].min() < 10  # alpha carried through
+    r = _post(
+        http,
+        "/translate",
+        {"image": ("a.png", _png(64, 32))},
+        model="tiny-translate",
+        max_side=16,
+        format="jpeg",
+    )
+    assert r.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(r.content)).size == (16, 8)
+    r = _post(http, "/translate", {"image": ("a.png", _png(600, 300))}, model="tiny-translate")
+    assert Image.open(io.BytesIO(r.content)).size == (256, 128)  # TRANSFIGURE_MAX_SIDE=256
+    r = _post(http, "/translate", {"image": ("a.png", _png(600, 300))}, model="tiny-translate", max_side=1000)
+    assert Image.open(io.BytesIO(r.content)).size == (256, 128)  # a client cannot raise the cap
+
+
+@pytest.mark.integration
+def test_upscale_is_tiled_and_exact_size(http: httpx.Client, zoo_root: Path) -> None:
+    data = _png(50, 40)
+    r = _post(http, "/upscale", {"image": ("a.png", data)}, model="tiny-upscale")
+    assert r.status_code == 200, r.text
+    got = np.asarray(Image.open(io.BytesIO(r.content))).astype(int)
+    assert got.shape == (80, 100, 3)
+    model = Zoo.load(zoo_root, names=["tiny-upscale"], threads=1).get("tiny-upscale")
+    whole = imaging.upscale_image(model, imaging.decode_image(data, imaging.Limits()), tile=0)
+    assert np.abs(got - whole.rgb.astype(int)).max() <= 1  # server tiles by 16 px, no seams
+
+
+@pytest.mark.integration
+def test_sample_grid_json_and_seed(http: httpx.Client) -> None:
+    a = _post(http, "/sample", model="tiny-sample", label="cat", n=4, seed=11)
+    assert a.status_code == 200 and a.headers["content-type"] == "image/png"
+    assert a.headers["x-seed"] == "11" and a.headers["x-label"] == "cat"
+    assert Image.open(io.BytesIO(a.content)).size == (2 * 10 + 2, 2 * 10 + 2)  # 2x2 grid of 8 px + pad 2
+    b = _post(http, "/sample", model="tiny-sample", label=1, n=4, seed=11)
+    assert b.content == a.content  # label by index == by name; same seed -> same bytes
+    c = _post(http, "/sample", model="tiny-sample", label="cat", n=4, seed=12)
+    assert c.content != a.content
+    j = http.post("/sample", json={"model": "tiny-sample", "label": "fish", "n": 3, "seed": 5, "grid": False})
+    body = j.json()
+    assert body["seed"] == 5 and body["label"] == "fish" and len(body["images"]) == 3
+    first = Image.open(io.BytesIO(base64.b64decode(body["images"][0])))
+    assert first.size == (8, 8)
+    unseeded = _post(http, "/sample", model="tiny-sample", n=1)
+    assert unseeded.status_code == 200 and unseeded.headers["x-seed"].isdigit()
+
+
+@pytest.mark.integration
+def test_concurrent_samples_are_batched(server: str, http: httpx.Client) -> None:
+    def metric() -> tuple[float, float]:
+        text = httpx.get(f"{server}/metrics").text
+        vals = {}
+        for suffix in ("sum", "count"):
+            m = re.search(
+                rf'adaptive_batch_size_{suffix}{{[^}}]*method_name="sample_batch"[^}}]*}} ([0-9.e+]+)', text
+            )
+            vals[suffix] = float(m.group(1)) if m else 0.0
+        return vals["sum"], vals["count"]
+
+    s0, c0 = metric()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(
+            pool.map(lambda i: _post(http, "/sample", model="tiny-sample", n=8, seed=i), range(48))
+        )
+    assert all(r.status_code == 200 for r in results)
+    # each request's bytes depend only on its seed, whatever it was batched with
+    assert results[3].content == _post(http, "/sample", model="tiny-sample", n=8, seed=3).content
+    s1, c1 = metric()
+    assert s1 - s0 >= 48  # every request went through the batcher...
+    assert c1 - c0 < s1 - s0  # ...and some batches held more than one request
+
+
+# -- bad input: always a 4xx with a message, and the server stays alive ----------------------------
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _truncated(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.open(FIXTURE).convert("RGB").resize((64, 64)).save(buf, fmt)
+    return buf.getvalue()[:700]
+
+
+def _gif() -> bytes:
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+BAD_IMAGES = {
+    "zero bytes": (b"", 400, "empty"),
+    "text": (b"hello world\n" * 20, 400, "not an image"),
+    "truncated png": (_truncated("PNG"), 400, "truncated or corrupt|not an image"),
+    "truncated jpeg": (_truncated("JPEG"), 400, "truncated or corrupt|not an image"),
+    "bomb": (_bomb(), 413, "limit is 40.0 MP"),
+    "20000x1": (_png(20000, 1), 400, "aspect ratio"),
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_images_are_4xx(server: str, http: httpx.Client, case: str) -> None:
+    data, status, message = BAD_IMAGES[case]
+    for route, model in (("/translate", "tiny-translate"), ("/upscale", "tiny-upscale")):
+        r = _post(http, route, {"image": ("x.png", data)}, model=model)
+        assert r.status_code == status, (route, r.text)
+        assert re.search(message, _error(r)), r.text
+    assert httpx.get(f"{server}/livez").status_code == 200
+
+
+@pytest.mark.integration
+def test_odd_but_valid_images_are_served(http: httpx.Client) -> None:
+    r = _post(http, "/translate", {"image": ("x.png", _png(1, 1))}, model="tiny-translate")
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (1, 1)
+    r = _post(http, "/translate", {"image": ("x.gif", _gif())}, model="tiny-translate")
+    assert r.status_code == 200
+    assert tuple(np.asarray(Image.open(io.BytesIO(r.content)))[8, 8]) == (0, 255, 255)  # inverted 1st frame
+    r = _post(http, "/translate", {"image": ("x.png", _png(40, 30, "I;16"))}, model="tiny-translate")
+    assert r.status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("route", "fields", "message"),
+    [
+        ("/translate", {"model": "nope"}, "unknown model 'nope': available: tiny-translate"),
+        (
+            "/translate",
+            {"model": "tiny-sample"},
+            "is a 'sample' model; /translate needs one of: tiny-translate",
+        ),
+        ("/upscale", {"model": "tiny-translate"}, "/upscale needs one of: tiny-upscale"),
+        ("/translate", {"model": "tiny-translate", "format": "bmp"}, "use one of png, jpeg, webp"),
+        ("/translate", {"model": "tiny-translate", "max_side": "0"}, "max_side"),
+        ("/translate", {"model": "tiny-translate", "max_side": "big"}, "validation error"),
+        ("/sample", {"model": "tiny-sample", "label": "dog"}, "unknown label 'dog'"),
+        ("/sample", {"model": "tiny-sample", "label": "7"}, "out of range"),
+        ("/sample", {"model": "tiny-sample", "n": "0"}, "between 1 and 64"),
+        ("/sample", {"model": "tiny-sample", "n": "65"}, "between 1 and 64"),
+        ("/sample", {"model": "tiny-sample", "n": "many"}, "validation error"),
+        ("/sample", {"model": "tiny-sample", "seed": "-1"}, "seed"),
+        ("/sample", {"model": "tiny-translate"}, "/sample needs one of: tiny-sample"),
+    ],
+)
+def test_bad_parameters_are_400(
+    server: str, http: httpx.Client, route: str, fields: dict, message: str
+) -> None:
+    files = {"image": ("x.png", _png(8, 8))} if route != "/sample" else None
+    r = _post(http, route, files, **fields)
+    assert r.status_code == 400, r.text
+    assert message in _error(r)
+    assert httpx.get(f"{server}/livez").status_code == 200
+
+
+@pytest.mark.integration
+def test_missing_image_and_oversized_body(server: str, http: httpx.Client) -> None:
+    r = _post(http, "/translate", None, model="tiny-translate")
+    assert r.status_code == 400
+    r = _post(http, "/translate", {"image": ("x.png", b"\0" * (4 * 1024 * 1024))}, model="tiny-translate")
+    assert r.status_code == 413 and "limit" in _error(r)
+    r = httpx.post(f"{server}/translate", files={"image": ("x.png", _png(8, 8))})
+    assert r.status_code == 401
+    assert httpx.get(f"{server}/livez").status_code == 200
+
+
+@pytest.mark.integration
+def test_a_url_in_the_image_field_is_never_fetched(server: str, http: httpx.Client) -> None:
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(_png(8, 8))
+
+        def log_message(self, *args) -> None:
+            pass
+
+    spy = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=spy.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{spy.server_port}/cat.png"
+        r = _post(http, "/translate", None, image=url, model="tiny-translate")
+        assert r.status_code == 400 and "URLs" in _error(r)
+        r = http.post("/translate", json={"image": url, "model": "tiny-translate"})
+        assert r.status_code == 400
+        r = http.post("/translate", content=url.encode(), headers={"content-type": "text/plain"})
+        assert r.status_code == 400
+    finally:
+        spy.shutdown()
+    assert hits == []
+
+
+# -- the Bento -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_bento_builds_without_torch(tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("TRANSFIGURE_MODELS_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", str(REPO)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (bento,) = [p for p in (tmp_path / "bentos" / "transfigure").iterdir() if p.name != "latest"]
+    src = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
+    assert {"service/service.py", "service/zoo.py", "service/imaging.py", "models/card.py"} <= src
+    assert not any(s.startswith(("training/", "tests/")) for s in src)
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime" in reqs and "torch" not in reqs
