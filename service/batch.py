@@ -436,6 +436,11 @@ def _load(item: Item, opts: Options) -> DecodedImage:
     return img
 
 
+def _seed(item: Item) -> int:
+    assert item.seed is not None, "sample items carry their seed"
+    return item.seed
+
+
 def _error_text(e: BaseException) -> str:
     # ImageError messages are written for users; anything else gets its type so a log reader can search it
     return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
@@ -505,7 +510,7 @@ class ShardRunner:
                 chunk = items[start : start + self.opts.batch_size]
                 t0 = time.perf_counter()
                 # one z per image from its own seed: the file does not depend on batching or sharding
-                z = np.concatenate([sample_latents(card.latent_dim, 1, it.seed or 0) for it in chunk])
+                z = np.concatenate([sample_latents(card.latent_dim, 1, _seed(it)) for it in chunk])
                 labels = np.full((len(chunk),), self.opts.label, np.int64)
                 try:
                     images = samples_to_uint8(self.model, self.model.run({Z_INPUT: z, LABEL_INPUT: labels}))
@@ -717,7 +722,9 @@ def _open_model(args: argparse.Namespace, task: str | None, threads: int) -> Loa
         folders = [p.parent.name for p in card_paths(root)]
         if args.model in folders and args.model in zoo.unavailable:
             raise UsageError(zoo.unavailable[args.model])  # the card or file is bad: say which and why
-        raise UsageError(f"unknown model '{args.model}' in {root}: available: {', '.join(folders) or '(none)'}")
+        raise UsageError(
+            f"unknown model '{args.model}' in {root}: available: {', '.join(folders) or '(none)'}"
+        )
     return zoo.get(args.model, task)
 
 
@@ -748,10 +755,21 @@ def _options(args: argparse.Namespace, model: LoadedModel, task: str, threads: i
     )
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm import tqdm  # serve extra; only imported when a run starts
+class _NoProgress:
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    """A tqdm bar (images/s and ETA); without tqdm installed, the closing summary line still prints."""
+    if not enabled:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm  # the serve extra has it; imported only when a bar is wanted
+    except ImportError:
+        return _NoProgress()
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, smoothing=0.1)
 
 
 def run(args: argparse.Namespace) -> int:
