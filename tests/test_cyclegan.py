@@ -1,0 +1,126 @@
+"""CycleGAN recipe on real fixture images at 32 px: a step, exact resume, the CLI, the contract."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.cli import main
+from training.loop import ConfigError, Runtime, train
+from training.recipes import load_run, read_run_config
+from training.recipes.cyclegan import NAME, Config, CycleGAN, build_generators, export_specs
+
+TINY = ["--size", "32", "--ngf", "8", "--ndf", "8", "--blocks", "2", "--num-workers", "0"]
+
+
+def tiny(fixtures_dir: Path, out: Path | str = "", **kw) -> Config:
+    base = dict(data=str(fixtures_dir / "yosemite"), out=str(out), crop_size=32, ngf=8, ndf=8, n_blocks=2)
+    base.update(
+        n_layers_d=2, steps=4, device="cpu", precision="fp32", num_workers=0, sample_every=0, log_every=2
+    )
+    base.update(kw)
+    return Config(**base)
+
+
+def test_one_step_trains_all_four_nets(fixtures_dir: Path, small_torch) -> None:
+    torch.manual_seed(0)
+    recipe = CycleGAN(tiny(fixtures_dir), Runtime.create("cpu", "fp32"))
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in recipe.nets.items()}
+    batch = next(recipe.batches(0))
+    assert batch["A"].shape == (1, 3, 32, 32)
+    metrics = recipe.train_step(batch, 0)
+    assert set(metrics) == {"G_gan", "G_cycle", "G_idt", "D_A", "D_B"}
+    assert all(torch.isfinite(v) for v in metrics.values())
+    for name, net in recipe.nets.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)), name
+    assert len(recipe.pool_A) == len(recipe.pool_B) == 1
+    grid = recipe.sample_images({k: recipe.nets[k] for k in recipe.generators}, 1)
+    assert grid.dim() == 3 and grid.min() >= 0.0 and grid.max() <= 1.0
+
+
+def test_resume_equals_straight_run(fixtures_dir: Path, tmp_path: Path, small_torch) -> None:
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train(NAME, tiny(fixtures_dir, straight), CycleGAN)
+    train(NAME, tiny(fixtures_dir, halves), CycleGAN, stop_at=2)
+    train(NAME, tiny(fixtures_dir, halves, resume=True), CycleGAN)
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(halves / "checkpoints" / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for net in ("G_AB", "G_BA", "D_A", "D_B"):
+        for key, value in a["nets"][net].items():
+            torch.testing.assert_close(value, b["nets"][net][key], rtol=1e-5, atol=1e-6, msg=f"{net}.{key}")
+    assert len(b["extra"]["pool_A"]["images"]) == 4  # the image pool travels with the checkpoint
+
+
+def test_cli_help_and_a_three_step_run(fixtures_dir: Path, tmp_path: Path, capsys, small_torch) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["train", "cyclegan", "--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--size", "--blocks", "--a-dir", "--lambda-cycle", "--resume", "--gan-loss"):
+        assert option in help_text
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "cyclegan",
+            "--data",
+            str(fixtures_dir / "yosemite"),
+            *TINY,
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    run = load_run(out)
+    assert run.recipe == "cyclegan" and run.step == 3 and set(run.generators) == {"G_AB", "G_BA"}
+    assert run.config.crop_size == 32 and run.config.load_size is None and run.config.flip
+    with torch.no_grad():
+        assert run.generators["G_AB"](torch.zeros(1, 3, 36, 28)).shape == (1, 3, 36, 28)
+    assert read_run_config(out)["config"]["n_blocks"] == 2
+    assert (out / "samples" / "step_0000003.png").is_file()
+    # a second run into the same folder is refused unless resumed
+    assert (
+        main(["train", "cyclegan", "--data", str(fixtures_dir / "yosemite"), *TINY, "--out", str(out)]) == 2
+    )
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_monet_layout_holds_out_test_images(fixtures_dir: Path, tmp_path: Path, small_torch) -> None:
+    cfg = tiny(fixtures_dir, tmp_path, data=str(fixtures_dir / "monet"), a_dir="photo_jpg", b_dir="monet_jpg")
+    cfg = dataclasses.replace(cfg, holdout_every=3)
+    recipe = CycleGAN(cfg, Runtime.create("cpu", "fp32"))
+    test_a, _ = recipe._fixed_images()
+    assert len(recipe.dataset.files_a) == 2 and test_a.shape[0] == 1
+    info = export_specs(cfg)["G_AB"].dataset
+    assert info["split_sizes"] == {"trainA": 2, "trainB": 2, "testA": 1, "testB": 1}
+    assert export_specs(cfg)["G_AB"].description.endswith("photo_jpg -> monet_jpg")
+
+
+def test_contract_and_config_errors(fixtures_dir: Path) -> None:
+    cfg = Config()
+    assert (cfg.lr_g, cfg.beta1, cfg.lambda_cycle, cfg.lambda_identity) == (2e-4, 0.5, 10.0, 0.5)
+    assert (cfg.gan_loss, cfg.batch_size, cfg.crop_size, cfg.pool_size, cfg.n_blocks) == (
+        "lsgan",
+        1,
+        256,
+        50,
+        9,
+    )
+    gens = build_generators(tiny(fixtures_dir))
+    assert set(gens) == {"G_AB", "G_BA"}
+    spec = export_specs(tiny(fixtures_dir))["G_BA"]
+    assert (spec.task, spec.method, spec.multiple_of, spec.native_size) == ("translate", "cyclegan", 4, 32)
+    assert (
+        spec.input_range == spec.output_range == (-1.0, 1.0)
+        and spec.input_channels == spec.output_channels == 3
+    )
+    with pytest.raises(ConfigError, match="lsgan"):
+        Config(gan_loss="least-squares")
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        Config(crop_size=30)

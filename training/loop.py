@@ -1,0 +1,732 @@
+"""The training loop every recipe shares: device/AMP, EMA, checkpoints and exact resume, logging.
+
+A recipe (``training/recipes/<name>.py``) provides a :class:`Recipe`: its nets, optimizers and
+schedulers, an endless batch stream that can start at any step, one ``train_step`` and a sample
+grid. Everything else lives here, in one loop that reads top to bottom (:func:`train`)::
+
+    @dataclass
+    class Config(TrainConfig):          # common fields: data, out, steps, batch_size, seed, ...
+        lr: float = 2e-4
+
+    def run(args) -> int:
+        cfg, explicit = config_from_args(Config, args)
+        return train("myrecipe", cfg, MyRecipe, explicit)   # MyRecipe(cfg, runtime) -> Recipe
+
+Contracts the loop keeps (and recipes rely on):
+
+* **Schedulers** are stepped by the loop, once after every ``train_step``; recipes never step them.
+* **Precision**: the recipe wraps its forward passes in ``runtime.autocast()`` and calls
+  ``runtime.backward(loss)`` / ``runtime.step(optimizer)`` (a GradScaler is active for fp16 only).
+* **Exact resume**: ``N`` steps straight == ``N/2`` steps + ``--resume`` for the rest (same weights
+  on CPU; on GPU within float tolerance). The checkpoint holds nets, EMA, optimizers, schedulers,
+  the grad scaler, all RNG states and the recipe's extra state (``state_dict``/``load_state_dict``,
+  e.g. the CycleGAN image pool). Batches come from :func:`data_stream`, which is a pure function of
+  (seed, step), so a resumed run sees the same images with the same augmentations.
+* **Sampling** never perturbs training: ``sample_images`` runs under ``no_grad`` with every RNG
+  state saved and restored around it, on the EMA generators when EMA is on.
+* **Run folder** ``RUN/``: ``config.json`` = ``{"recipe": name, "config": asdict(cfg)}``,
+  ``checkpoints/step_XXXXXXX.pt`` + ``checkpoints/last.pt`` (written atomically; keys fixed by
+  ``training/recipes/__init__.py``), ``samples/step_XXXXXXX.png``, ``tb/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import threading
+import time
+import types
+import typing
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# Fields a resumed run may change (where the run lives, how long it goes on, how it is logged and on
+# what hardware). Anything else that differs from the saved config would silently start a different
+# experiment, so resuming with it is refused.
+RESUME_OVERRIDABLE = frozenset(
+    {
+        "data",
+        "out",
+        "steps",
+        "resume",
+        "device",
+        "precision",
+        "num_workers",
+        "ckpt_every",
+        "log_every",
+        "sample_every",
+        "keep_checkpoints",
+    }
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration
+# ------------------------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """A configuration that cannot be trained; the message says what to change."""
+
+
+@dataclass
+class TrainConfig:
+    """Fields every recipe's ``Config`` inherits. Help texts come from ``metadata["help"]``."""
+
+    data: str = field(default="", metadata={"help": "dataset folder"})
+    out: str = field(default="", metadata={"help": "run folder (default: runs/<recipe>)"})
+    steps: int = field(default=10_000, metadata={"help": "total optimisation steps (iterations)"})
+    batch_size: int = field(default=1, metadata={"help": "images per step"})
+    seed: int = field(default=0, metadata={"help": "seed for weights, data order and augmentation"})
+    device: str = field(
+        default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1"}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 where the hardware supports it, else fp32), fp32, bf16, fp16 (CUDA only)",
+            "choices": PRECISIONS,
+        },
+    )
+    ckpt_every: int = field(default=1000, metadata={"help": "write a checkpoint every N steps"})
+    log_every: int = field(default=100, metadata={"help": "print and log losses every N steps"})
+    sample_every: int = field(default=1000, metadata={"help": "write a sample grid every N steps (0: never)"})
+    keep_checkpoints: int = field(default=3, metadata={"help": "step_*.pt files to keep (0: keep all)"})
+    ema_decay: float = field(default=0.0, metadata={"help": "EMA of generator weights, e.g. 0.999 (0: off)"})
+    num_workers: int = field(default=2, metadata={"help": "data loading processes (0: in the main process)"})
+    resume: bool = field(
+        default=False, metadata={"help": "continue the run in --out from checkpoints/last.pt"}
+    )
+
+
+def _field_type(config_cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(config_cls)[f.name]
+
+
+def _optional_of(tp: Any) -> Any | None:
+    """``int`` for ``int | None`` / ``Optional[int]``; None when ``tp`` is not optional."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return None
+
+
+def _none_or(conv: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in {"none", "null", ""} else conv(text)
+
+    parse.__name__ = getattr(conv, "__name__", "value")
+    return parse
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    config_cls: type,
+    aliases: dict[str, list[str]] | None = None,
+    skip: Iterable[str] = (),
+) -> None:
+    """One ``--kebab-case`` option per dataclass field (plus ``aliases``: field -> extra flags).
+
+    Defaults are not put into ``args`` (argparse.SUPPRESS) so that :func:`config_from_args` knows
+    which options the user actually typed — that is what ``--resume`` may override. The help text
+    shows each field's default, so a reader finds every knob and its value in ``--help``.
+    """
+    aliases = aliases or {}
+    skip = set(skip)
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        tp = _field_type(config_cls, f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        flags = ["--" + f.name.replace("_", "-"), *aliases.get(f.name, [])]
+        help_ = f.metadata.get("help", "")
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        inner = _optional_of(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0]
+            kwargs.update(type=elem, nargs="+")
+        elif inner is not None:
+            kwargs["type"] = _none_or(inner)
+            kwargs["metavar"] = inner.__name__.upper()
+        else:
+            kwargs["type"] = tp
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        kwargs["help"] = f"{help_} (default: {default!r})".strip() if help_ else f"(default: {default!r})"
+        parser.add_argument(*flags, **kwargs)
+
+
+def config_from_args(config_cls: type, args: argparse.Namespace) -> tuple[Any, set[str]]:
+    """Build ``config_cls`` from parsed args; returns (config, names of the fields given explicitly)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
+    return config_cls(**given), set(given)
+
+
+def merge_resume_config(saved: Any, requested: Any, explicit: Iterable[str] | None) -> Any:
+    """The config of a resumed run: the saved one, with the explicitly requested changes that are
+    allowed (:data:`RESUME_OVERRIDABLE`). A requested change to anything else raises ValueError."""
+    explicit = {f.name for f in dataclasses.fields(requested)} if explicit is None else set(explicit)
+    changes, refused = {}, []
+    for name in sorted(explicit):
+        new, old = getattr(requested, name), getattr(saved, name, None)
+        if name in RESUME_OVERRIDABLE:
+            changes[name] = new
+        elif new != old:
+            refused.append(f"{name}: run has {old!r}, asked for {new!r}")
+    if refused:
+        raise ConfigError(
+            "cannot resume with a different configuration (" + "; ".join(refused) + "). "
+            "Drop those options to continue the run as it was, or start a new run with another --out."
+        )
+    return dataclasses.replace(saved, **changes)
+
+
+# ------------------------------------------------------------------------------------------------
+# device and precision
+# ------------------------------------------------------------------------------------------------
+def _cpu_supports_bf16() -> bool:
+    # bf16 autocast on a CPU without native bf16 (AVX512-BF16 / AMX) is slower than fp32.
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available; use --device cpu or auto")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA (when supported) and on CPUs with native bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if _cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return precision
+
+
+def hardware_string(device: torch.device) -> str:
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda: {torch.cuda.get_device_name(idx)}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"cpu: {cpu} ({torch.get_num_threads()} threads)"
+
+
+@dataclass
+class Runtime:
+    """Where and in which precision a recipe computes. Built by :func:`train`, handed to the recipe."""
+
+    device: torch.device
+    precision: str  # resolved: fp32 | bf16 | fp16
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def create(cls, device: str = "auto", precision: str = "auto") -> Runtime:
+        dev = resolve_device(device)
+        prec = resolve_precision(precision, dev)
+        return cls(dev, prec, torch.amp.GradScaler(dev.type, enabled=prec == "fp16"))
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (a no-op in fp32)."""
+        dtype = self.amp_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def backward(self, loss: Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Optimizer step through the grad scaler (plain ``step()`` unless fp16)."""
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor in a (nested) batch to ``device``; other values are left alone."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+# ------------------------------------------------------------------------------------------------
+# learning rate, EMA, seeding
+# ------------------------------------------------------------------------------------------------
+def linear_decay_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, decay_start: int | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Constant learning rate, then linear decay to 0 at ``total_steps`` (the CycleGAN/pix2pix
+    schedule: ``decay_start`` defaults to half-way, like 100 + 100 epochs)."""
+    start = total_steps // 2 if decay_start is None else decay_start
+    span = max(1, total_steps - start)
+
+    # A plain function (not a callable object) so LambdaLR does not pickle it into its state:
+    # a resumed run that extends ``steps`` gets the new schedule.
+    def factor(step: int) -> float:
+        return 1.0 if step < start else max(0.0, 1.0 - (step - start) / span)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class EMA:
+    """Exponential moving average of a net's weights (buffers are copied, not averaged)."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(net).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        for ema_p, p in zip(self.module.parameters(), net.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.module.buffers(), net.buffers(), strict=True):
+            ema_b.copy_(b)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.module.load_state_dict(state)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (e.g. sampling) without disturbing any RNG the training stream depends on."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+# ------------------------------------------------------------------------------------------------
+# data: a resumable stream
+# ------------------------------------------------------------------------------------------------
+def item_seed(seed: int, k: int, stream: int = 0) -> int:
+    """A 63-bit seed for the k-th sample of the stream (well mixed, so neighbours are independent);
+    ``stream`` separates uses (0: per-sample augmentation, 1: per-epoch permutations)."""
+    entropy = [seed & 0xFFFFFFFF, stream, k]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """An endless stream of ``(index, seed)``: sample k of the stream is element ``k % n`` of the
+    permutation for epoch ``k // n`` (seeded by ``(seed, epoch)``), with its own augmentation seed.
+    It is a pure function of k, so starting at ``k = step * batch_size`` resumes the stream exactly."""
+
+    def __init__(self, n: int, seed: int, start: int = 0) -> None:
+        if n <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n, self.seed, self.start = n, seed, start
+
+    def permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(item_seed(self.seed, epoch, stream=1))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        k = self.start
+        epoch, perm = -1, []
+        while True:
+            e, pos = divmod(k, self.n)
+            if e != epoch:
+                epoch, perm = e, self.permutation(e)
+            yield perm[pos], item_seed(self.seed, k)
+            k += 1
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Feeds ``(index, seed)`` to ``dataset.load_item(index, seed)`` (deterministic augmentation);
+    datasets without it are indexed plainly and must then be deterministic themselves."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        load = getattr(self.dataset, "load_item", None)
+        return load(index, seed) if load is not None else self.dataset[index]
+
+
+def data_stream(
+    dataset: Any,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[Any]:
+    """Endless batches for steps ``start_step, start_step + 1, ...`` — the same batches whether the
+    run started at 0 or resumed. Give the dataset a ``load_item(index, seed)`` method that draws
+    all its randomness (pairing, crops, flips) from ``seed``."""
+    sampler = StepSampler(len(dataset), seed, start_step * batch_size)
+    loader = torch.utils.data.DataLoader(
+        _Seeded(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        # Own generator: creating the loader must not draw from the global torch RNG, or a resumed
+        # run (which creates it at a different step) would diverge from a straight one.
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+# ------------------------------------------------------------------------------------------------
+# the recipe protocol
+# ------------------------------------------------------------------------------------------------
+class Recipe(Protocol):
+    """What :func:`train` needs from a recipe. Optional extras: ``state_dict()`` and
+    ``load_state_dict(state)`` for state outside nets/optimizers (e.g. an image pool)."""
+
+    nets: dict[str, nn.Module]  # every net that is trained and checkpointed
+    generators: tuple[str, ...]  # the names in ``nets`` that get EMA and are exported
+    optimizers: dict[str, torch.optim.Optimizer]
+    schedulers: dict[str, Any]  # stepped by the loop after every train_step
+
+    def batches(self, start_step: int) -> Iterator[Any]:
+        """Endless batches, starting with the batch of ``start_step`` (use :func:`data_stream`)."""
+        ...
+
+    def train_step(self, batch: Any, step: int) -> dict[str, float | Tensor]:
+        """One optimisation step on ``batch``; returns scalars to log (floats or 0-d tensors; the
+        loop converts tensors only when it logs, so a GPU is not synchronised every step)."""
+        ...
+
+    def sample_images(self, generators: dict[str, nn.Module], step: int) -> Tensor:
+        """A sample grid ``C x H x W`` in [0, 1] made with ``generators`` (EMA copies when EMA is on,
+        in eval mode, under no_grad). See :func:`image_grid`."""
+        ...
+
+
+def image_grid(rows: list[Tensor], value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Stack equally sized image batches as rows of one grid (``C x H x W`` in [0, 1]); e.g.
+    ``[real_A, fake_B, rec_A]`` gives one row per kind, one column per image."""
+    from torchvision.utils import make_grid
+
+    lo, hi = value_range
+    images = torch.stack([r.detach().float().cpu() for r in rows], dim=0)  # K x N x C x H x W
+    k, n = images.shape[:2]
+    images = ((images - lo) / (hi - lo)).clamp(0, 1)
+    return make_grid(images.reshape(k * n, *images.shape[2:]), nrow=n, padding=2, pad_value=1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoints
+# ------------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file and rename, so an interrupted write never leaves a broken file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)  # no second write of a large file
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def step_checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}.pt"
+
+
+class _GracefulStop:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and write a checkpoint; a second
+    Ctrl-C aborts at once, without a checkpoint (the step may be half done)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        from tqdm import tqdm
+
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and writing a checkpoint")
+
+    def __enter__(self) -> _GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop
+# ------------------------------------------------------------------------------------------------
+def train(
+    name: str,
+    cfg: TrainConfig,
+    build: Callable[[Any, Runtime], Recipe],
+    explicit: Iterable[str] | None = None,
+    stop_at: int | None = None,
+) -> int:
+    """Train recipe ``name``: ``build(cfg, runtime)`` makes the recipe; returns an exit code.
+
+    ``explicit``: the config fields the user set (from :func:`config_from_args`); on ``--resume`` the
+    saved config is used and only these may change it (None: all of ``cfg`` counts as requested).
+    ``stop_at``: stop this session at that step with a checkpoint (tests, time boxes); the schedule
+    still follows ``cfg.steps``. Returns 0, or 130 when stopped by Ctrl-C/SIGTERM.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+    if not cfg.out:
+        cfg = dataclasses.replace(cfg, out=str(Path("runs") / name))
+    run_dir = Path(cfg.out)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last_path = ckpt_dir / LAST_CHECKPOINT
+
+    ckpt = None
+    if last_path.is_file():
+        if not cfg.resume:
+            raise FileExistsError(
+                f"{run_dir} already holds a training run ({last_path}); pass --resume to continue it, "
+                "or choose another --out"
+            )
+        ckpt = torch.load(last_path, map_location="cpu", weights_only=False)
+        if ckpt.get("recipe") != name:
+            raise ConfigError(
+                f"{last_path} is a '{ckpt.get('recipe')}' run, not '{name}'; choose another --out"
+            )
+        from training.recipes import config_from_dict
+
+        saved = config_from_dict(type(cfg), ckpt["config"])
+        cfg = merge_resume_config(saved, cfg, explicit)
+    elif cfg.resume:
+        warnings.warn(f"--resume: no checkpoint in {ckpt_dir}, starting a new run", stacklevel=2)
+
+    seed_everything(cfg.seed)
+    rt = Runtime.create(cfg.device, cfg.precision)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed-size crops: let cuDNN pick the fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    recipe = build(cfg, rt)
+    ema = {g: EMA(recipe.nets[g], cfg.ema_decay) for g in recipe.generators} if cfg.ema_decay > 0 else {}
+    hardware = hardware_string(rt.device)
+
+    step, wall_before = 0, 0.0
+    if ckpt is not None:
+        for key, net in recipe.nets.items():
+            net.load_state_dict(ckpt["nets"][key])
+        for key, e in ema.items():
+            e.load_state_dict(ckpt["ema"][key] if key in (ckpt.get("ema") or {}) else ckpt["nets"][key])
+        for key, opt in recipe.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][key])
+        for key, sch in recipe.schedulers.items():
+            sch.load_state_dict(ckpt["schedulers"][key])
+        if ckpt.get("scaler"):
+            rt.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("extra") is not None and hasattr(recipe, "load_state_dict"):
+            recipe.load_state_dict(ckpt["extra"])
+        set_rng_state(ckpt["rng"])
+        step, wall_before = int(ckpt["step"]), float(ckpt.get("wall_time_s", 0.0))
+        del ckpt
+
+    _write_json_atomic({"recipe": name, "config": asdict(cfg)}, run_dir / "config.json")
+    writer = SummaryWriter(str(run_dir / "tb"))
+    t_start = time.perf_counter()
+    saved_step = step
+
+    def save() -> None:
+        nonlocal saved_step
+        state = {
+            "recipe": name,
+            "config": asdict(cfg),
+            "step": step,
+            "nets": {k: n.state_dict() for k, n in recipe.nets.items()},
+            "ema": {k: e.state_dict() for k, e in ema.items()},
+            "optimizers": {k: o.state_dict() for k, o in recipe.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in recipe.schedulers.items()},
+            "scaler": rt.scaler.state_dict() if rt.scaler.is_enabled() else None,
+            "extra": recipe.state_dict() if hasattr(recipe, "state_dict") else None,
+            "rng": rng_state(),
+            "wall_time_s": wall_before + time.perf_counter() - t_start,
+            "hardware": hardware,
+            "precision": rt.precision,
+        }
+        path = ckpt_dir / step_checkpoint_name(step)
+        atomic_torch_save(state, path)
+        _link_or_copy(path, last_path)
+        if cfg.keep_checkpoints > 0:
+            for old in sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+        saved_step = step
+
+    def sample() -> None:
+        gens = {g: (ema[g].module if g in ema else recipe.nets[g]) for g in recipe.generators}
+        modes = {g: m.training for g, m in gens.items()}
+        with preserved_rng(), torch.no_grad():
+            for m in gens.values():
+                m.eval()
+            grid = recipe.sample_images(gens, step)
+            for g, m in gens.items():
+                m.train(modes[g])
+        from torchvision.utils import save_image
+
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        save_image(grid, run_dir / "samples" / f"step_{step:07d}.png")
+        writer.add_image("samples", grid, step)
+
+    last_step = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
+    stream = recipe.batches(step)
+    sums: dict[str, Any] = {}
+    window_start, window_steps = time.perf_counter(), 0
+    bar = tqdm(total=cfg.steps, initial=step, unit="it", dynamic_ncols=True, desc=name, smoothing=0.1)
+    with _GracefulStop() as stop:
+        try:
+            while step < last_step and not stop.requested:
+                metrics = recipe.train_step(next(stream), step)
+                for g, e in ema.items():
+                    e.update(recipe.nets[g])
+                for sch in recipe.schedulers.values():
+                    sch.step()
+                step += 1
+                bar.update(1)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + (v.detach().float() if isinstance(v, Tensor) else float(v))
+                window_steps += 1
+
+                if (cfg.log_every > 0 and step % cfg.log_every == 0) or step == last_step:
+                    rate = window_steps / max(1e-9, time.perf_counter() - window_start)
+                    means = {k: float(v) / window_steps for k, v in sums.items()}
+                    for k, v in means.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    for k, opt in recipe.optimizers.items():
+                        writer.add_scalar(f"lr/{k}", opt.param_groups[0]["lr"], step)
+                    writer.add_scalar("speed/it_per_s", rate, step)
+                    if any(not math.isfinite(v) for v in means.values()):
+                        raise FloatingPointError(
+                            f"step {step}: non-finite loss {means}; lower the lr or use fp32"
+                        )
+                    text = " ".join(f"{k}={v:.4f}" for k, v in means.items())
+                    bar.write(f"step {step}/{cfg.steps} {text} ({rate:.2f} it/s)")
+                    sums, window_start, window_steps = {}, time.perf_counter(), 0
+                if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.steps):
+                    sample()
+                if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
+                    save()
+        except KeyboardInterrupt:
+            # second Ctrl-C: the step may be half applied, so keep the last consistent checkpoint
+            bar.close()
+            print(f"aborted; the last checkpoint is at step {saved_step} ({last_path})", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+        interrupted = stop.requested
+        if step != saved_step or not last_path.is_file():
+            save()
+    writer.close()
+    if step < cfg.steps:
+        print(f"stopped at step {step} of {cfg.steps}; continue with --resume --out {run_dir}")
+    return 130 if interrupted else 0
+
+
+def cli_train(
+    name: str, config_cls: type, build: Callable[[Any, Runtime], Recipe], args: argparse.Namespace
+) -> int:
+    """``run(args)`` of a recipe: config from the command line, then :func:`train`. Mistakes the user
+    can fix (bad option, missing data, existing run) print one line instead of a traceback."""
+    from training.data.images import EmptyFolderError
+
+    try:
+        cfg, explicit = config_from_args(config_cls, args)
+        return train(name, cfg, build, explicit)
+    except (ConfigError, EmptyFolderError, FileExistsError) as e:
+        print(f"transfigure train {name}: error: {e}", file=sys.stderr)
+        return 2

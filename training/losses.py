@@ -1,0 +1,145 @@
+"""Losses: adversarial objectives selectable by name, plus the reconstruction terms.
+
+The discriminator side and the generator side are separate calls, so that a recipe reads like the
+papers do::
+
+    gan = GANLoss("lsgan")
+    loss_d = gan.d_loss(D(real), D(fake.detach()))
+    loss_g = gan.g_loss(D(fake))                     # relativistic: gan.g_loss(D(fake), D(real))
+
+Conventions (fixed; recipes rely on them):
+
+* ``d_loss`` is the **mean** of the real term and the fake term (the reference CycleGAN/pix2pix
+  code halves the discriminator loss, and ESRGAN averages its relativistic terms). With Adam the
+  overall scale barely matters, but it keeps the numbers comparable across recipes.
+* Logits are raw discriminator outputs (no sigmoid); any shape (PatchGAN maps are fine), reduced
+  by the mean.
+* ``real_target`` < 1 is one-sided label smoothing: it changes only the discriminator's target
+  for real samples (Salimans et al., 2016); the generator always aims at 1.
+* Reconstruction terms return the unweighted L1; the recipe multiplies by its lambda
+  (cycle 10, identity 0.5 * 10, pix2pix L1 100 in the reference configs).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Canonical names first; aliases map onto them.
+GAN_LOSSES: tuple[str, ...] = ("vanilla", "lsgan", "hinge", "wgan-gp", "ragan")
+_ALIASES = {
+    "non-saturating": "vanilla",
+    "nonsaturating": "vanilla",
+    "bce": "vanilla",
+    "wgan": "wgan-gp",
+    "wgangp": "wgan-gp",
+    "relativistic": "ragan",
+    "relativistic-average": "ragan",
+}
+# Losses whose targets are labels; smoothing makes no sense for margin/Wasserstein objectives.
+_LABEL_LOSSES = {"vanilla", "lsgan", "ragan"}
+
+
+def resolve_gan_loss(name: str) -> str:
+    """The canonical name of a GAN loss; raises ValueError listing the valid names."""
+    key = name.strip().lower().replace("_", "-")
+    key = _ALIASES.get(key, key)
+    if key not in GAN_LOSSES:
+        valid = ", ".join(GAN_LOSSES)
+        aliases = ", ".join(f"{a} (= {c})" for a, c in _ALIASES.items())
+        raise ValueError(f"unknown GAN loss '{name}': choose one of {valid}; aliases: {aliases}")
+    return key
+
+
+class GANLoss:
+    """An adversarial objective by name: ``vanilla`` (non-saturating BCE-with-logits), ``lsgan``,
+    ``hinge``, ``wgan-gp`` (add :func:`gradient_penalty` yourself) or ``ragan`` (relativistic
+    average, as in ESRGAN; its ``g_loss`` needs the real logits too)."""
+
+    def __init__(self, name: str = "lsgan", real_target: float = 1.0) -> None:
+        self.name = resolve_gan_loss(name)
+        if not 0.0 < real_target <= 1.0:
+            raise ValueError(f"real_target must be in (0, 1], got {real_target}")
+        if real_target != 1.0 and self.name not in _LABEL_LOSSES:
+            raise ValueError(
+                f"label smoothing (real_target={real_target}) applies to {sorted(_LABEL_LOSSES)} only, "
+                f"not '{self.name}'; leave real_target at 1.0"
+            )
+        self.real_target = float(real_target)
+
+    @property
+    def needs_real_for_g(self) -> bool:
+        """True when ``g_loss`` must also be given the discriminator's logits on real samples."""
+        return self.name == "ragan"
+
+    def __repr__(self) -> str:
+        return f"GANLoss({self.name!r}, real_target={self.real_target})"
+
+    # -- the two sides ----------------------------------------------------------------------------
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+        """Discriminator loss: the mean of its real and fake terms (pass fake logits of detached fakes)."""
+        real, fake = real_logits.float(), fake_logits.float()
+        if self.name == "vanilla":
+            return 0.5 * (_bce(real, self.real_target) + _bce(fake, 0.0))
+        if self.name == "lsgan":
+            return 0.5 * (_mse(real, self.real_target) + _mse(fake, 0.0))
+        if self.name == "hinge":
+            return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
+        if self.name == "wgan-gp":
+            return fake.mean() - real.mean()
+        # ragan: is the real sample more realistic than the average fake, and vice versa?
+        return 0.5 * (_bce(real - fake.mean(), self.real_target) + _bce(fake - real.mean(), 0.0))
+
+    def g_loss(self, fake_logits: Tensor, real_logits: Tensor | None = None) -> Tensor:
+        """Generator loss on the discriminator's logits for (non-detached) fakes."""
+        fake = fake_logits.float()
+        if self.name == "vanilla":  # non-saturating: maximise log D(G(z))
+            return _bce(fake, 1.0)
+        if self.name == "lsgan":
+            return _mse(fake, 1.0)
+        if self.name in {"hinge", "wgan-gp"}:
+            return -fake.mean()
+        if real_logits is None:
+            raise ValueError(
+                "the 'ragan' generator loss needs real_logits: g_loss(D(fake), D(real).detach())"
+            )
+        real = real_logits.float().detach()  # G cannot change D's view of real data
+        return 0.5 * (_bce(real - fake.mean(), 0.0) + _bce(fake - real.mean(), 1.0))
+
+
+def _bce(logits: Tensor, target: float) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def _mse(logits: Tensor, target: float) -> Tensor:
+    return F.mse_loss(logits, torch.full_like(logits, target))
+
+
+def gradient_penalty(discriminator: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """WGAN-GP penalty (Gulrajani et al., 2017): E[(||grad_x D(x)||_2 - 1)^2] on random
+    interpolates of real and fake. Unweighted; the usual weight is 10. Multi-output
+    (PatchGAN) critics are summed per sample before differentiating."""
+    fake = fake.detach()
+    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    mixed = (alpha * real.detach() + (1.0 - alpha) * fake).requires_grad_(True)
+    out = discriminator(mixed)
+    (grad,) = torch.autograd.grad(out.float().sum(), mixed, create_graph=True)
+    norm = grad.flatten(1).float().norm(2, dim=1)
+    return ((norm - 1.0) ** 2).mean()
+
+
+def l1_loss(prediction: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error (pix2pix's reconstruction term, weight 100 in the paper)."""
+    return F.l1_loss(prediction.float(), target.float())
+
+
+def cycle_consistency_loss(real: Tensor, reconstructed: Tensor) -> Tensor:
+    """||F(G(x)) - x||_1 (CycleGAN, weight lambda_cycle = 10 per direction)."""
+    return l1_loss(reconstructed, real)
+
+
+def identity_loss(real: Tensor, same: Tensor) -> Tensor:
+    """||G(y) - y||_1: a generator fed its own target domain should leave it alone
+    (CycleGAN, weight lambda_identity * lambda_cycle = 0.5 * 10)."""
+    return l1_loss(same, real)

@@ -1,0 +1,81 @@
+"""The ResNet generator of CycleGAN (Johnson et al. 2016; Zhu et al. 2017), reflection padded."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from training.networks.common import check_input, conv_bias, init_weights, norm_layer
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, channels: int, norm: str, dropout: float = 0.0) -> None:
+        super().__init__()
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            make_norm(channels),
+            nn.ReLU(),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), make_norm(channels)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """c7s1-ngf, two stride-2 downsamples, ``n_blocks`` residual blocks at 4*ngf channels, two
+    transposed-conv upsamples, c7s1-out, tanh. 9 blocks for 256 px in the paper, 6 for 128 px;
+    a smaller ``ngf`` gives a compact generator. Output in [-1, 1], same HxW as the input, which
+    must be a multiple of 4 (``multiple_of``)."""
+
+    n_downsampling = 2
+
+    def __init__(
+        self,
+        in_ch: int = 3,
+        out_ch: int = 3,
+        ngf: int = 64,
+        n_blocks: int = 9,
+        norm: str = "instance",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if n_blocks < 0 or ngf < 1:
+            raise ValueError(f"need ngf >= 1 and n_blocks >= 0, got ngf={ngf}, n_blocks={n_blocks}")
+        self.multiple_of = 2**self.n_downsampling
+        self.config = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks, "norm": norm}
+        make_norm, bias = norm_layer(norm), conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_ch, ngf, 7, bias=bias),
+            make_norm(ngf),
+            nn.ReLU(),
+        ]
+        ch = ngf
+        for _ in range(self.n_downsampling):
+            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias), make_norm(ch * 2), nn.ReLU()]
+            ch *= 2
+        layers += [ResnetBlock(ch, norm, dropout) for _ in range(n_blocks)]
+        for _ in range(self.n_downsampling):
+            layers += [
+                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+                make_norm(ch // 2),
+                nn.ReLU(),
+            ]
+            ch //= 2
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, self.multiple_of)
+        return self.model(x)
+
+    @property
+    def architecture(self) -> str:
+        c = self.config
+        return f"ResnetGenerator(ngf={c['ngf']}, blocks={c['n_blocks']}, norm={c['norm']})"

@@ -1,0 +1,299 @@
+"""CycleGAN: unpaired image-to-image translation (Zhu et al., ICCV 2017).
+
+Two ResNet generators (G_AB: A -> B, G_BA: B -> A) and two 70x70 PatchGANs (D_A judges domain A,
+D_B domain B), trained with an adversarial loss (LSGAN), cycle consistency (lambda 10) and identity
+(0.5 * lambda). Defaults are the reference implementation's (junyanz/pytorch-CycleGAN-and-pix2pix):
+Adam 2e-4 / beta1 0.5, batch 1, load 286 -> crop 256, image pool 50, constant lr then linear decay.
+
+    transfigure train cyclegan --data DIR --size 128 --ngf 32 --blocks 6 --steps 20000 --out runs/s2w
+    transfigure train cyclegan --data shared/data/monet_kaggle --a-dir photo_jpg --b-dir monet_jpg ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from training.data import UnpairedImageFolder
+from training.data.images import EmptyFolderError
+from training.data.unpaired import resolve_unpaired_files
+from training.loop import (
+    ConfigError,
+    Runtime,
+    TrainConfig,
+    add_config_arguments,
+    cli_train,
+    data_stream,
+    image_grid,
+    linear_decay_schedule,
+)
+from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss, resolve_gan_loss
+from training.networks import NORMS, PatchDiscriminator, ResnetGenerator
+from training.pool import ImagePool
+from training.recipes import ExportSpec
+
+NAME = "cyclegan"
+
+
+@dataclass
+class Config(TrainConfig):
+    # ~ the reference's 200 epochs over ~1,000 images per domain at batch 1
+    steps: int = field(default=200_000, metadata={"help": "total optimisation steps"})
+    a_dir: str = field(
+        default="", metadata={"help": "domain A folder, relative to --data (default: DATA/trainA)"}
+    )
+    b_dir: str = field(
+        default="", metadata={"help": "domain B folder, relative to --data (default: DATA/trainB)"}
+    )
+    holdout_every: int = field(
+        default=10, metadata={"help": "with --a-dir/--b-dir: every Nth file (by name) is held out for test"}
+    )
+    crop_size: int = field(default=256, metadata={"help": "training crop = the model's native size"})
+    load_size: int | None = field(
+        default=None, metadata={"help": "resize before cropping (None: crop * 286/256)"}
+    )
+    flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    ngf: int = field(default=64, metadata={"help": "generator width"})
+    n_blocks: int = field(default=9, metadata={"help": "ResNet blocks (9 for 256 px, 6 for 128 px)"})
+    ndf: int = field(default=64, metadata={"help": "discriminator width"})
+    n_layers_d: int = field(default=3, metadata={"help": "PatchGAN depth (3: 70x70 patches)"})
+    norm: str = field(default="instance", metadata={"help": "normalisation layers", "choices": NORMS})
+    spectral_norm: bool = field(default=False, metadata={"help": "spectral norm on the discriminators"})
+    gan_loss: str = field(default="lsgan", metadata={"help": "vanilla | lsgan | hinge | wgan-gp | ragan"})
+    real_label: float = field(
+        default=1.0, metadata={"help": "D's target for real (0.9: one-sided smoothing)"}
+    )
+    gp_weight: float = field(default=10.0, metadata={"help": "gradient penalty weight (wgan-gp only)"})
+    lambda_cycle: float = field(default=10.0, metadata={"help": "weight of the cycle-consistency L1"})
+    lambda_identity: float = field(
+        default=0.5, metadata={"help": "identity weight, relative to lambda_cycle"}
+    )
+    lr_g: float = field(default=2e-4, metadata={"help": "generator learning rate"})
+    lr_d: float = field(default=2e-4, metadata={"help": "discriminator learning rate (TTUR if different)"})
+    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
+    decay_start: int | None = field(
+        default=None, metadata={"help": "step where linear lr decay starts (None: steps/2)"}
+    )
+    pool_size: int = field(default=50, metadata={"help": "image pool of past fakes for D (0: off)"})
+
+    def __post_init__(self) -> None:
+        try:
+            resolve_gan_loss(self.gan_loss)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm '{self.norm}': choose one of {', '.join(NORMS)}")
+        if self.crop_size % 2**ResnetGenerator.n_downsampling:
+            raise ConfigError(f"--size {self.crop_size}: the ResNet generator needs a multiple of 4")
+        if bool(self.a_dir) != bool(self.b_dir):
+            raise ConfigError("give both --a-dir and --b-dir, or neither")
+
+
+def build_generators(config: Config) -> dict[str, nn.Module]:
+    def gen() -> ResnetGenerator:
+        return ResnetGenerator(3, 3, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm)
+
+    return {"G_AB": gen(), "G_BA": gen()}
+
+
+def build_discriminators(config: Config) -> dict[str, nn.Module]:
+    def disc() -> PatchDiscriminator:
+        return PatchDiscriminator(3, config.ndf, config.n_layers_d, config.norm, config.spectral_norm)
+
+    return {"D_A": disc(), "D_B": disc()}
+
+
+def build_dataset(config: Config, phase: str = "train", train: bool | None = None) -> UnpairedImageFolder:
+    return UnpairedImageFolder(
+        config.data or None,
+        phase=phase,
+        load_size=config.load_size,
+        crop_size=config.crop_size,
+        flip=config.flip,
+        train=train,
+        a_dir=config.a_dir or None,
+        b_dir=config.b_dir or None,
+        holdout_every=config.holdout_every,
+    )
+
+
+def domain_names(config: Config) -> tuple[str, str]:
+    if config.a_dir:
+        return Path(config.a_dir).name, Path(config.b_dir).name
+    return "A", "B"
+
+
+def dataset_info(config: Config) -> dict[str, Any]:
+    """What we know of the training data for the card: path, layout/split rule and split sizes."""
+    from training.data.catalog import provenance  # name, source, license of known datasets
+
+    info: dict[str, Any] = {**provenance(config.data).as_dict(), "path": config.data}
+    if config.a_dir:
+        info["split"] = (
+            f"{config.a_dir} / {config.b_dir}: every {config.holdout_every}th file by name is test"
+        )
+    else:
+        info["split"] = "trainA/trainB for training, testA/testB for test"
+    try:
+        sizes = {}
+        for phase in ("train", "test"):
+            a, b = resolve_unpaired_files(
+                config.data or None, phase, config.a_dir or None, config.b_dir or None, config.holdout_every
+            )
+            sizes[f"{phase}A"], sizes[f"{phase}B"] = len(a), len(b)
+        info["split_sizes"] = sizes
+    except (EmptyFolderError, ValueError):
+        pass  # the data may not be on this machine (exporting elsewhere)
+    return info
+
+
+def export_specs(config: Config) -> dict[str, ExportSpec]:
+    a, b = domain_names(config)
+    common = {
+        "task": "translate",
+        "method": NAME,
+        "output_channels": 3,
+        "output_range": (-1.0, 1.0),
+        "input_channels": 3,
+        "input_range": (-1.0, 1.0),
+        "multiple_of": 2**ResnetGenerator.n_downsampling,
+        "native_size": config.crop_size,
+        "dataset": dataset_info(config),
+    }
+    return {
+        "G_AB": ExportSpec(description=f"CycleGAN generator {a} -> {b}", **common),
+        "G_BA": ExportSpec(description=f"CycleGAN generator {b} -> {a}", **common),
+    }
+
+
+def _requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        net.requires_grad_(flag)
+
+
+class CycleGAN:
+    """The training recipe; see :class:`training.loop.Recipe` for the protocol."""
+
+    generators = ("G_AB", "G_BA")
+
+    def __init__(self, cfg: Config, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.dataset = build_dataset(cfg, "train")
+        nets = {**build_generators(cfg), **build_discriminators(cfg)}
+        self.nets = {k: v.to(rt.device).train() for k, v in nets.items()}
+        betas = (cfg.beta1, cfg.beta2)
+        g_params = itertools.chain(self.nets["G_AB"].parameters(), self.nets["G_BA"].parameters())
+        d_params = itertools.chain(self.nets["D_A"].parameters(), self.nets["D_B"].parameters())
+        self.optimizers = {
+            "G": torch.optim.Adam(g_params, lr=cfg.lr_g, betas=betas),
+            "D": torch.optim.Adam(d_params, lr=cfg.lr_d, betas=betas),
+        }
+        self.schedulers = {
+            k: linear_decay_schedule(o, cfg.steps, cfg.decay_start) for k, o in self.optimizers.items()
+        }
+        self.gan = GANLoss(cfg.gan_loss, cfg.real_label)
+        self.pool_A, self.pool_B = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
+        self._fixed: tuple[Tensor, Tensor] | None = None
+
+    # -- data -----------------------------------------------------------------------------------
+    def batches(self, start_step: int):
+        pin = self.rt.device.type == "cuda"
+        return data_stream(
+            self.dataset, self.cfg.batch_size, self.cfg.seed, start_step, self.cfg.num_workers, pin_memory=pin
+        )
+
+    # -- one step -------------------------------------------------------------------------------
+    def _g_adv(self, disc: nn.Module, fake: Tensor, real: Tensor) -> Tensor:
+        real_logits = disc(real).detach() if self.gan.needs_real_for_g else None
+        return self.gan.g_loss(disc(fake), real_logits)
+
+    def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        cfg, rt, n = self.cfg, self.rt, self.nets
+        g_ab, g_ba, d_a, d_b = n["G_AB"], n["G_BA"], n["D_A"], n["D_B"]
+        real_a = batch["A"].to(rt.device, non_blocking=True)
+        real_b = batch["B"].to(rt.device, non_blocking=True)
+
+        # Generators: fool both discriminators, and come back where they started.
+        _requires_grad([d_a, d_b], False)
+        with rt.autocast():
+            fake_b, fake_a = g_ab(real_a), g_ba(real_b)
+            rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)
+            loss_gan = self._g_adv(d_b, fake_b, real_b) + self._g_adv(d_a, fake_a, real_a)
+            loss_cycle = cfg.lambda_cycle * (
+                cycle_consistency_loss(real_a, rec_a) + cycle_consistency_loss(real_b, rec_b)
+            )
+            loss_idt = torch.zeros((), device=rt.device)
+            if cfg.lambda_identity > 0:
+                weight = cfg.lambda_identity * cfg.lambda_cycle
+                loss_idt = weight * (
+                    identity_loss(real_b, g_ab(real_b)) + identity_loss(real_a, g_ba(real_a))
+                )
+            loss_g = loss_gan + loss_cycle + loss_idt
+        self.optimizers["G"].zero_grad(set_to_none=True)
+        rt.backward(loss_g)
+        rt.step(self.optimizers["G"])
+
+        # Discriminators: real vs. a mix of current and past fakes (the pool).
+        _requires_grad([d_a, d_b], True)
+        pooled_b, pooled_a = self.pool_B.query(fake_b.float()), self.pool_A.query(fake_a.float())
+        with rt.autocast():
+            loss_d_b = self.gan.d_loss(d_b(real_b), d_b(pooled_b))
+            loss_d_a = self.gan.d_loss(d_a(real_a), d_a(pooled_a))
+        loss_d = loss_d_a + loss_d_b
+        if self.gan.name == "wgan-gp":  # the penalty's double backward stays in fp32
+            loss_d = loss_d + cfg.gp_weight * (
+                gradient_penalty(d_b, real_b, pooled_b) + gradient_penalty(d_a, real_a, pooled_a)
+            )
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        rt.backward(loss_d)
+        rt.step(self.optimizers["D"])
+
+        return {
+            "G_gan": loss_gan.detach(),
+            "G_cycle": loss_cycle.detach(),
+            "G_idt": loss_idt.detach(),
+            "D_A": loss_d_a.detach(),
+            "D_B": loss_d_b.detach(),
+        }
+
+    # -- samples and extra state ----------------------------------------------------------------
+    def _fixed_images(self, count: int = 4) -> tuple[Tensor, Tensor]:
+        """A few held-out images (the test split when there is one), loaded once, no augmentation."""
+        if self._fixed is None:
+            try:
+                ds = build_dataset(self.cfg, "test", train=False)
+            except (EmptyFolderError, ValueError):
+                ds = build_dataset(self.cfg, "train", train=False)
+            k = min(count, len(ds.files_a), len(ds.files_b))
+            items = [ds.load_item(i, 0) for i in range(k)]
+            self._fixed = (torch.stack([it["A"] for it in items]), torch.stack([it["B"] for it in items]))
+        return self._fixed
+
+    def sample_images(self, generators: dict[str, nn.Module], step: int) -> Tensor:
+        """Rows: A, G_AB(A), G_BA(G_AB(A)), B, G_BA(B), G_AB(G_BA(B))."""
+        a, b = (t.to(self.rt.device) for t in self._fixed_images())
+        g_ab, g_ba = generators["G_AB"], generators["G_BA"]
+        fake_b, fake_a = g_ab(a), g_ba(b)
+        return image_grid([a, fake_b, g_ba(fake_b), b, fake_a, g_ab(fake_a)])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pool_A": self.pool_A.state_dict(), "pool_B": self.pool_B.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pool_A.load_state_dict(state["pool_A"], self.rt.device)
+        self.pool_B.load_state_dict(state["pool_B"], self.rt.device)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, Config, aliases={"crop_size": ["--size"], "n_blocks": ["--blocks"]})
+
+
+def run(args: argparse.Namespace) -> int:
+    return cli_train(NAME, Config, CycleGAN, args)
