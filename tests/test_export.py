@@ -1,0 +1,244 @@
+"""ONNX export, parity check, INT8, MAC counting, cards and the dataset catalog — on tiny nets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, CardError, ModelCard
+from training import export as ex
+from training.data.catalog import UNKNOWN_LICENSE, provenance
+from training.macs import count_macs
+from training.recipes import ExportSpec
+
+torch.set_num_threads(1)
+
+
+class TinyTranslator(nn.Module):
+    """Reflection pad, strided conv, transposed conv, instance norm: the ops of the real generators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.Conv2d(8, 3, 3, padding=1), nn.Tanh(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TinySampler(nn.Module):
+    def __init__(self, latent: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(classes, latent)
+        self.fc = nn.Linear(2 * latent, 8 * 7 * 7)
+        self.up = nn.ConvTranspose2d(8, 1, 4, stride=2, padding=1)
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([z, self.embed(label)], dim=1)).view(-1, 8, 7, 7)
+        return torch.tanh(self.up(h))
+
+
+TRANSLATE = ExportSpec(
+    task="translate", method="cyclegan", description="tiny test translator", output_channels=3,
+    input_channels=3, input_range=(-1.0, 1.0), multiple_of=4, native_size=32,
+)  # fmt: skip
+SAMPLE = ExportSpec(
+    task="sample", method="cgan", description="tiny test sampler", output_channels=1,
+    classes=["apple", "cat", "fish"], latent_dim=8, output_size=14,
+)  # fmt: skip
+TRAINING = {
+    "dataset": "unit",
+    "source": "tests",
+    "license": "unknown (user data)",
+    "split_sizes": {"trainA": 3, "trainB": 3},
+    "recipe_config": {"size": 32},
+    "steps": 2,
+    "wall_time_s": 0.5,
+    "hardware": "cpu",
+    "commit": "unknown",
+}
+
+
+def _grid() -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(0)
+    return [[rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2)] for _ in range(2)]
+
+
+# -- MACs -----------------------------------------------------------------------------------------
+def test_mac_count_matches_a_hand_count() -> None:
+    net = TinyTranslator()
+    h = w = 16
+    hand = (
+        (h * w * 8) * (3 * 9)  # conv 3->8 3x3 at 16x16 (after padding)
+        + (8 * 8 * 8) * (8 * 9)  # conv 8->8 3x3 stride 2 -> 8x8
+        + (8 * 8 * 8) * (8 * 9)  # transposed conv, counted at its 8x8 INPUT
+        + (h * w * 3) * (8 * 9)  # conv 8->3 3x3 at 16x16
+    )
+    assert count_macs(net, torch.zeros(1, 3, h, w)) == hand
+    assert count_macs(net, torch.zeros(2, 3, h, w)) == 2 * hand
+    assert count_macs(net, torch.zeros(2, 3, h, w), per_sample=True) == hand
+    grouped = nn.Conv2d(8, 8, 3, padding=1, groups=4)
+    assert count_macs(grouped, torch.zeros(1, 8, 5, 5)) == 8 * 25 * 2 * 9
+
+
+def test_mac_count_of_a_sample_net_is_per_sample() -> None:
+    net = TinySampler()
+    per_sample = (8 * 7 * 7) * 16 + (8 * 7 * 7) * (1 * 16)  # linear + transposed conv at its input
+    assert ex.macs_256(net, SAMPLE) == per_sample
+
+
+# -- ONNX + parity -------------------------------------------------------------------------------
+def test_export_translate_model_writes_a_valid_card_and_dynamic_onnx(tmp_path: Path) -> None:
+    net = TinyTranslator().eval()
+    metrics = [
+        {"name": "fid", "value": 70.5, "split": "test", "protocol": "p", "command": "transfigure evaluate"}
+    ]
+    res = ex.export_net(
+        net, TRANSLATE, name="tiny-translate", out_root=tmp_path, training=TRAINING, metrics=metrics,
+        headline="fid", grid_rows=_grid(), options=ex.ExportOptions(prefer_dynamo=False),
+    )  # fmt: skip
+    folder = tmp_path / "tiny-translate"
+    assert res.folder == folder
+    card = ModelCard.load(folder)  # validates
+    card.verify_file(folder)  # sha256 matches
+    assert card.task == "translate" and card.input.multiple_of == 4 and card.headline().value == 70.5
+    assert card.macs_256 == count_macs(net, torch.zeros(1, 3, 256, 256))
+    assert card.parameters == sum(p.numel() for p in net.parameters())
+    assert card.training.recipe_config["onnx_exporter"] == "torchscript"
+    assert "parity" in card.notes
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.onnx", "samples.png"]
+    assert (folder / "samples.png").stat().st_size <= ex.GRID_MAX_BYTES
+    assert not list(tmp_path.glob(".tiny-translate*")), "temporary folders must not be left behind"
+
+    sess = ex.ort_session(folder / "model.onnx")
+    assert [i.name for i in sess.get_inputs()] == [IMAGE_INPUT]
+    assert [o.name for o in sess.get_outputs()] == [OUTPUT]
+    x = torch.rand(3, 3, 20, 44) * 2 - 1  # another batch and an odd aspect ratio
+    with torch.inference_mode():
+        want = net(x).numpy()
+    got = sess.run([OUTPUT], {IMAGE_INPUT: x.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4
+
+
+def test_parity_check_catches_a_model_changed_after_export(tmp_path: Path) -> None:
+    net = TinyTranslator().eval()
+    path = tmp_path / "m.onnx"
+    ex.export_onnx(net, TRANSLATE, path, prefer_dynamo=False)
+    ex.check_parity(net, path, TRANSLATE)  # the honest export passes
+    with torch.no_grad():
+        net.body[-2].bias += 0.01  # the net the card would describe is no longer the exported one
+    with pytest.raises(ex.ExportError, match=r"parity check failed: .* > 1e-04 .*max \|ort - torch\|"):
+        ex.check_parity(net, path, TRANSLATE)
+
+
+def test_export_sample_model_takes_z_and_label(tmp_path: Path) -> None:
+    net = TinySampler().eval()
+    ex.export_net(
+        net, SAMPLE, name="tiny-sample", out_root=tmp_path, training=TRAINING,
+        options=ex.ExportOptions(prefer_dynamo=False),
+    )  # fmt: skip
+    card = ModelCard.load(tmp_path / "tiny-sample")
+    assert card.classes == ["apple", "cat", "fish"] and card.latent_dim == 8 and card.input is None
+    sess = ex.ort_session(tmp_path / "tiny-sample" / "model.onnx")
+    assert [i.name for i in sess.get_inputs()] == [Z_INPUT, LABEL_INPUT]
+    z, label = torch.randn(5, 8), torch.tensor([0, 1, 2, 1, 0])
+    out = sess.run([OUTPUT], {Z_INPUT: z.numpy(), LABEL_INPUT: label.numpy()})[0]
+    assert out.shape == (5, 1, 14, 14)
+
+
+def test_invalid_card_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(CardError, match="name"):
+        ex.export_net(
+            TinyTranslator(), TRANSLATE, name="Not A Valid Name", out_root=tmp_path, training=TRAINING,
+            options=ex.ExportOptions(prefer_dynamo=False),
+        )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reexport_replaces_the_folder_atomically(tmp_path: Path) -> None:
+    opts = ex.ExportOptions(prefer_dynamo=False)
+    first = ex.export_net(
+        TinyTranslator(), TRANSLATE, name="m", out_root=tmp_path, training=TRAINING, options=opts
+    )
+    (tmp_path / "m" / "stale.txt").write_text("old")
+    second = ex.export_net(
+        TinyTranslator(), TRANSLATE, name="m", out_root=tmp_path, training=TRAINING, options=opts
+    )
+    assert first.card.sha256 != second.card.sha256  # new random weights
+    assert ModelCard.load(tmp_path / "m").sha256 == second.card.sha256
+    assert not (tmp_path / "m" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_int8_is_kept_only_within_the_metric_threshold(tmp_path: Path) -> None:
+    net = TinyTranslator().eval()
+    rng = np.random.default_rng(0)
+    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    reference = net(torch.from_numpy(calib[0][IMAGE_INPUT])).detach().numpy()
+
+    def error_vs_torch(path: Path) -> float:  # lower is better; fp32 ~ 0, int8 > 0
+        out = ex.ort_session(path).run([OUTPUT], calib[0])[0]
+        return float(np.abs(out - reference).mean()) + 1e-3
+
+    kept = ex.export_net(
+        net, TRANSLATE, name="q", out_root=tmp_path, training=TRAINING, calibration=calib,
+        int8_metric=error_vs_torch, options=ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=1e9),
+    )  # fmt: skip
+    assert kept.card.precision == "int8" and kept.int8["kept"]
+    assert {"int8_headline_fp32", "int8_headline_int8"} <= {m.name for m in kept.card.metrics}
+    assert "INT8" in kept.card.notes and kept.int8["speedup"] > 0
+    refused = ex.export_net(
+        net, TRANSLATE, name="q", out_root=tmp_path, training=TRAINING, calibration=calib,
+        int8_metric=error_vs_torch, options=ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=0.0),
+    )  # fmt: skip
+    assert refused.card.precision == "fp32" and not refused.int8["kept"]
+    assert refused.int8["relative_loss"] > 0
+
+
+def test_metrics_from_eval_keep_the_exported_net_and_its_headline() -> None:
+    report = {
+        "metrics": [
+            {
+                "name": "fid_A2B",
+                "value": 60.0,
+                "split": "testA->testB",
+                "protocol": "p",
+                "command": "c",
+                "net": "G_AB",
+            },
+            {
+                "name": "fid_B2A",
+                "value": 61.0,
+                "split": "testB->testA",
+                "protocol": "p",
+                "command": "c",
+                "net": "G_BA",
+            },
+            {"name": "steps", "value": 2.0, "split": "-", "protocol": "p", "command": "c"},
+        ],
+        "headline": {"G_AB": "fid_A2B", "G_BA": "fid_B2A"},
+    }
+    metrics, head = ex.metrics_from_eval(report, "G_AB")
+    assert [m["name"] for m in metrics] == ["fid_A2B", "steps"] and head == "fid_A2B"
+    assert all("net" not in m for m in metrics)
+    json.dumps(metrics)
+
+
+# -- catalog -------------------------------------------------------------------------------------
+def test_catalog_knows_the_shared_datasets_and_not_user_folders(tmp_path: Path) -> None:
+    q = provenance("../shared/data/quickdraw")
+    assert "CC BY 4.0" in q.license and "sukumr/Doodle-Classifier" in q.source
+    assert "Jacklu0831" in provenance("/x/summer2winter_yosemite/trainA").source
+    for known in ("facades", "monet_kaggle", "T91", "Set5"):
+        assert provenance(f"/data/{known}").license != UNKNOWN_LICENSE
+    mine = provenance(tmp_path / "my_photos")
+    assert mine.name == "my_photos" and mine.license == UNKNOWN_LICENSE and str(tmp_path) in mine.source
