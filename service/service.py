@@ -15,6 +15,8 @@ from a URL):
 * ``/models`` (GET or POST) — the cards, plus models that failed to load and why.
 * BentoML's ``/livez``, ``/readyz`` (200 only once every model is loaded and warmed up),
   ``/metrics`` (Prometheus) and ``/docs.json`` (OpenAPI).
+* ``/demo/`` — the demo page (``service/demo.py``, ``service/static/``); ``/`` redirects there and
+  BentoML's Swagger page moves to ``/docs``.
 
 Bad input is a 4xx with ``{"error": ...}`` (BentoML wraps it in a one-element list), never a 500.
 The heavy lifting is in ``service.imaging`` and ``service.zoo``; configuration in ``service.config``.
@@ -31,6 +33,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import aiohttp
 import anyio.to_thread
 import bentoml
 import numpy as np
@@ -41,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from models.card import CardError
 from service import imaging
 from service.config import ServiceConfig
+from service.demo import DemoMiddleware
 from service.middleware import GuardMiddleware
 from service.zoo import LoadedModel, ModelNotFound, WrongTask, Zoo, check_cards
 
@@ -49,6 +53,7 @@ T = TypeVar("T")
 
 CONFIG = ServiceConfig.from_env()
 ImageFile = Annotated[Path, ContentType("image/*")]
+MAX_NAME_CHARS = 256  # model and label names longer than this are refused without being echoed
 _CURRENT: dict[str, Transfigure] = {}  # the service instance of this worker, for the middleware
 
 
@@ -72,6 +77,139 @@ def _refuse_url_uploads() -> None:
 
 
 _refuse_url_uploads()
+
+
+def _malformed_multipart_is_400() -> None:
+    """Answer a malformed multipart body with 400, not BentoML's 500 (found by tests/test_fuzz.py).
+
+    BentoML 1.4 lets the multipart parser's errors (a bad part header, a missing boundary, too many
+    parts) escape as unexpected exceptions; they are the client's mistake. A field sent twice (two
+    files for ``image``) is refused too, rather than silently using the first.
+    """
+    from _bentoml_impl import serde
+    from python_multipart.exceptions import FormParserError
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+
+    parse_request = serde.MultipartSerde.parse_request
+
+    async def guarded_parse_request(self: Any, request: Any, cls: Any) -> Any:
+        try:
+            form = await request.form()  # starlette caches it: parse_request below reuses it
+        except (FormParserError, MultiPartException, HTTPException) as e:
+            raise BadInput(
+                f"the multipart/form-data body is malformed ({getattr(e, 'detail', e)}); send the "
+                "image as a file field (e.g. curl -F image=@photo.jpg)"
+            ) from None
+        for key in form:
+            values = form.getlist(key)
+            if len(values) > 1:
+                raise BadInput(f"field '{key[:64]}' was sent {len(values)} times; send it once")
+            if isinstance(values[0], UploadFile) and values[0].filename:
+                # BentoML names its temporary file after the client's file name: a 300-character
+                # name fails the OS's limit (500). Only the extension means anything here.
+                suffix = Path(values[0].filename).suffix
+                values[0].filename = "upload" + (suffix if suffix[1:].isalnum() and len(suffix) <= 10 else "")
+        return await parse_request(self, request, cls)
+
+    serde.MultipartSerde.parse_request = guarded_parse_request
+
+
+_malformed_multipart_is_400()
+
+
+def openapi_3_0(node: Any) -> Any:
+    """BentoML 1.4's ``/docs.json`` made a valid OpenAPI 3.0 document (clients and fuzzers reject it).
+
+    Its component schemas use JSON-Schema-isms that OpenAPI 3.0 does not have: ``type: file``
+    (-> ``string``/``binary``), ``type: tensor`` (-> nested arrays of numbers) and Optional fields as
+    ``anyOf: [X, {type: null}]`` (-> X with ``nullable: true``). BentoML's own client reads
+    ``/schema.json``, which is left alone.
+    """
+    if isinstance(node, list):
+        return [openapi_3_0(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: openapi_3_0(v) for k, v in node.items()}
+    kind = out.get("type")
+    if kind == "file":
+        out.pop("pil", None)
+        out.update(type="string", format="binary")
+    elif kind == "tensor":
+        shape = out.get("shape")
+        child: dict[str, Any] = {"type": "number"}
+        for _ in range(len(shape) if isinstance(shape, list) and shape else 1):
+            child = {"type": "array", "items": child}
+        for key in ("format", "dtype", "shape", "dim"):
+            out.pop(key, None)
+        out.update(child)
+    for key in ("anyOf", "oneOf"):
+        options = out.get(key)
+        if isinstance(options, list) and {"type": "null"} in options:
+            rest = [o for o in options if o != {"type": "null"}]
+            del out[key]
+            if len(rest) == 1 and isinstance(rest[0], dict):
+                out.update(rest[0])
+            elif rest:
+                out[key] = rest
+            out["nullable"] = True
+    return out
+
+
+def _serve_valid_openapi() -> None:
+    """Serve ``openapi_3_0`` of BentoML's document at ``/docs.json``."""
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    async def openapi_spec_view(self: Any, req: Any) -> Response:
+        try:
+            return JSONResponse(openapi_3_0(self.service.openapi_spec.asdict()))
+        except Exception:
+            log.exception("could not generate the OpenAPI document")
+            return JSONResponse({"error": "could not generate the OpenAPI document"}, status_code=500)
+
+    ServiceAppFactory.openapi_spec_view = openapi_spec_view
+
+
+_serve_valid_openapi()
+
+OVERLOAD_RETRY_AFTER_S = 1
+
+
+def _overload_answer_says_when_to_retry() -> None:
+    """BentoML's answer beyond ``traffic.max_concurrency`` (429) gets a Retry-After and a message.
+
+    Its ``MaxConcurrencyMiddleware`` runs outside ours, so the answer is changed there. A client
+    (or a load balancer) that honours Retry-After backs off instead of hammering a full server.
+    /sample's own hop to /sample_batch is not counted: the /sample request already holds a slot,
+    and refusing its hop turned an accepted request into a 500 (found by tests/test_load.py).
+    """
+    from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
+
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] not in ("http", "websocket")
+            or scope["path"] in self.skip_paths
+            or scope["path"] == "/sample_batch"
+        ):
+            return await self.app(scope, receive, send)
+        if self._semaphore.locked():
+            answer = JSONResponse(
+                {
+                    "error": "the server is at its limit of requests in flight "
+                    f"(TRANSFIGURE_MAX_CONCURRENCY); retry after {OVERLOAD_RETRY_AFTER_S} s"
+                },
+                status_code=429,
+                headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
+            )
+            return await answer(scope, receive, send)
+        async with self._semaphore:
+            await self.app(scope, receive, send)
+
+    MaxConcurrencyMiddleware.__call__ = __call__
+
+
+_overload_answer_says_when_to_retry()
 
 
 def _preflight() -> None:
@@ -152,6 +290,11 @@ class Transfigure:
                 return self.zoo.get(fitting[0], task)
             listing = ", ".join(fitting) or "(none loaded)"
             raise InvalidArgument(f"field 'model' is required: /{task} needs one of: {listing}")
+        if len(name) > MAX_NAME_CHARS:  # errors quote the name: do not echo a megabyte back
+            listing = ", ".join(self.zoo.names(task)) or "(none loaded)"
+            raise InvalidArgument(
+                f"unknown model '{name[:40]}...' ({len(name)} characters): /{task} needs one of: {listing}"
+            )
         try:
             return self.zoo.get(name, task)
         except (ModelNotFound, WrongTask) as e:
@@ -279,7 +422,13 @@ class Transfigure:
             return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
         if self.config.api_token and not self._proxy_auth_done:
             await self._authorize_proxy(client)
-        return np.asarray(await client.sample_batch(rows), dtype=np.uint8)
+        try:
+            return np.asarray(await client.sample_batch(rows), dtype=np.uint8)
+        except aiohttp.ClientConnectionError as e:
+            # The hop reuses keep-alive connections that the server may close at that very moment
+            # ("Server disconnected", seen under load). Samples are pure: compute these here instead.
+            log.warning("sample batching hop failed (%s); running this request unbatched", e)
+            return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
 
     async def _authorize_proxy(self, client: Any) -> None:
         """The batching hop goes back through our own middleware, token check included.
@@ -305,6 +454,11 @@ class Transfigure:
         """Draw `n` samples of class `label` (name or index); PNG grid, or JSON of base64 PNGs."""
         m = self._model(model, "sample")
         card = m.card
+        if isinstance(label, str) and len(label) > MAX_NAME_CHARS:
+            raise InvalidArgument(
+                f"unknown label '{label[:40]}...' ({len(label)} characters): use a class name or index "
+                "listed in /models"
+            )
         try:
             label_idx = card.class_index(label)
         except ValueError as e:
@@ -344,6 +498,12 @@ def _models_json() -> Any:
     instance = _CURRENT.get("instance")
     return instance.listing() if instance else {"error": "the service is still starting"}
 
+
+# -- demo page (service/demo.py) --------------------------------------------------------------------
+# Added FIRST so it wraps the guard: the page (/, /demo/, /docs) loads without the token; the API calls
+# it makes still pass the token check and the body limit below. Keep this call above the guard's.
+Transfigure.add_asgi_middleware(DemoMiddleware)
+# -- end demo page ---------------------------------------------------------------------------------
 
 Transfigure.add_asgi_middleware(
     GuardMiddleware,

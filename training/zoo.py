@@ -1,0 +1,183 @@
+"""Reproduce the shipped model zoo: train, evaluate and export every default model.
+
+    python -m training.zoo                       # everything, in order (resumes what exists)
+    python -m training.zoo --only quickdraw_cgan  # one model (and what it depends on)
+    python -m training.zoo --dry-run              # print the exact commands
+    make zoo                                      # the same as the first line
+
+Every step is a plain ``transfigure`` command, printed before it runs, so a reader can copy any
+of them. Training steps resume from ``runs/<run>/checkpoints/last.pt`` when it exists (the loop
+restores nets, optimizers, schedulers and RNG state exactly), so the zoo can be built across
+several sessions: stop at any time, run the same command again. Settings are sized for a CPU
+(compact generators, 128 px crops); on a GPU pass ``--device cuda``.
+
+The shared data folder is ``--data-root`` (default ``../shared/data`` next to the checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Job:
+    """One shipped model: the runs it trains and how it is evaluated and exported."""
+
+    name: str
+    train: list[tuple[str, list[str]]]  # (run folder, `transfigure train ...` args) in order
+    evaluate: list[str]  # `transfigure evaluate ...` args
+    export: list[str]  # `transfigure export ...` args
+    needs: list[str] = field(default_factory=list)  # jobs whose runs this one starts from
+
+
+def jobs(data: Path, runs: Path) -> list[Job]:
+    s2w, monet, facades = data / "summer2winter_yosemite", data / "monet_kaggle", data / "facades"
+    quickdraw, t91, set5 = data / "quickdraw", data / "T91", data / "Set5"
+    # Compact CycleGAN for CPU inference: 128 px crops from 143 px, ngf 32, 6 residual blocks,
+    # LSGAN, pool 50, lr constant for the first half then linear decay (the reference schedule).
+    cyclegan = ["--size", "128", "--load-size", "143", "--ngf", "32", "--n-blocks", "6", "--ema-decay", "0.999"]
+    cyclegan += ["--ckpt-every", "500", "--sample-every", "500", "--log-every", "100"]
+    s2w_run, monet_run = runs / "zoo_summer2winter", runs / "zoo_photo2monet"
+    p2p_run, cls_run, cgan_run = runs / "zoo_facades", runs / "zoo_quickdraw_classifier", runs / "zoo_quickdraw_cgan"
+    sr_run, srgan_run = runs / "zoo_sr_x4", runs / "zoo_sr_x4_gan"
+    return [
+        Job(
+            "quickdraw_cgan",
+            train=[
+                (str(cls_run), ["classifier", "--data", str(quickdraw), "--steps", "3000", "--out", str(cls_run)]),
+                (
+                    str(cgan_run),
+                    ["cgan", "--data", str(quickdraw), "--steps", "15000", "--ckpt-every", "500", "--out", str(cgan_run)],
+                ),
+            ],
+            evaluate=[str(cgan_run), "--judge", str(cls_run)],
+            export=[str(cgan_run), "--name", "quickdraw_cgan", "--eval", str(cgan_run / "eval" / "quickdraw.json")],
+        ),
+        Job(
+            "sr_x4",
+            train=[
+                (
+                    str(sr_run),
+                    ["srgan", "--phase", "psnr", "--data", str(t91), "--val-data", str(set5), "--steps", "30000",
+                     "--ckpt-every", "500", "--out", str(sr_run)],
+                )
+            ],
+            evaluate=[str(sr_run), "--data", str(set5)],
+            export=[str(sr_run), "--name", "sr_x4", "--data", str(set5), "--eval", str(sr_run / "eval" / "Set5.json")],
+        ),
+        Job(
+            "sr_x4_gan",
+            needs=["sr_x4"],
+            train=[
+                (
+                    str(srgan_run),
+                    ["srgan", "--phase", "gan", "--init", str(sr_run), "--data", str(t91), "--val-data", str(set5),
+                     "--steps", "10000", "--ckpt-every", "500", "--out", str(srgan_run)],
+                )
+            ],
+            evaluate=[str(srgan_run), "--data", str(set5)],
+            export=[str(srgan_run), "--name", "sr_x4_gan", "--data", str(set5),
+                    "--eval", str(srgan_run / "eval" / "Set5.json")],
+        ),
+        Job(
+            "summer2winter",
+            train=[(str(s2w_run), ["cyclegan", "--data", str(s2w), *cyclegan, "--steps", "24000", "--out", str(s2w_run)])],
+            evaluate=[str(s2w_run)],
+            export=[str(s2w_run), "--name", "summer2winter", "--net", "G_AB",
+                    "--eval", str(s2w_run / "eval" / "summer2winter_yosemite.json")],
+        ),
+        Job(
+            "winter2summer",
+            needs=["summer2winter"],
+            train=[],
+            evaluate=[],  # the summer2winter evaluation measures both directions
+            export=[str(s2w_run), "--name", "winter2summer", "--net", "G_BA",
+                    "--eval", str(s2w_run / "eval" / "summer2winter_yosemite.json")],
+        ),
+        Job(
+            "photo2monet",
+            train=[
+                (
+                    str(monet_run),
+                    ["cyclegan", "--data", str(monet), "--a-dir", "photo_jpg", "--b-dir", "monet_jpg",
+                     "--holdout-every", "10", *cyclegan, "--steps", "24000", "--out", str(monet_run)],
+                )
+            ],
+            evaluate=[str(monet_run)],
+            export=[str(monet_run), "--name", "photo2monet", "--net", "G_AB",
+                    "--eval", str(monet_run / "eval" / "monet_kaggle.json")],
+        ),
+        Job(
+            "facades_label2photo",
+            train=[
+                (
+                    str(p2p_run),
+                    ["pix2pix", "--data", str(facades), "--direction", "BtoA", "--size", "256", "--ngf", "32",
+                     "--ema-decay", "0.999", "--steps", "40000", "--ckpt-every", "500", "--out", str(p2p_run)],
+                )
+            ],
+            evaluate=[str(p2p_run)],
+            export=[str(p2p_run), "--name", "facades_label2photo", "--eval", str(p2p_run / "eval" / "facades.json")],
+        ),
+    ]
+
+
+def _cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "training.cli", *args]
+
+
+def _run(cmd: list[str], dry_run: bool) -> None:
+    print("$ transfigure " + shlex.join(cmd[3:]), flush=True)
+    if not dry_run:
+        subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.zoo", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--runs", type=Path, default=ROOT / "runs")
+    p.add_argument("--only", nargs="*", default=None, help="model names (default: all)")
+    p.add_argument("--stage", choices=["train", "evaluate", "export", "all"], default="all")
+    p.add_argument("--device", default=None, help="passed to training (auto: cuda if available)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = p.parse_args(argv)
+
+    all_jobs = {j.name: j for j in jobs(args.data_root, args.runs)}
+    wanted = args.only or list(all_jobs)
+    unknown = [n for n in wanted if n not in all_jobs]
+    if unknown:
+        p.error(f"unknown model(s) {unknown}: choose from {', '.join(all_jobs)}")
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for dep in all_jobs[name].needs:
+            visit(dep)
+        if name not in order:
+            order.append(name)
+
+    for name in wanted:
+        visit(name)
+    for name in order:
+        job = all_jobs[name]
+        print(f"== {name}", flush=True)
+        if args.stage in {"train", "all"}:
+            for run, train_args in job.train:
+                extra = ["--resume"] if (Path(run) / "checkpoints" / "last.pt").is_file() else []
+                extra += ["--device", args.device] if args.device else []
+                _run(_cmd("train", *train_args, *extra), args.dry_run)
+        if args.stage in {"evaluate", "all"} and job.evaluate and name in wanted:
+            _run(_cmd("evaluate", *job.evaluate), args.dry_run)
+        if args.stage in {"export", "all"} and name in wanted:
+            _run(_cmd("export", *job.export), args.dry_run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
