@@ -10,9 +10,16 @@ from models import CardError, ModelCard, card_paths, zoo_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models-dir", type=Path, default=None, help="zoo folder (default: $TRANSFIGURE_MODELS_DIR or models/)")
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="zoo folder (default: $TRANSFIGURE_MODELS_DIR or models/)",
+    )
     p.add_argument("--json", action="store_true", help="print the cards as JSON instead of a table")
-    p.add_argument("--verify", action="store_true", help="also check each ONNX file against its card's sha256")
+    p.add_argument(
+        "--verify", action="store_true", help="also check each ONNX file against its card's sha256"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             header = ("name", "task", "method", "scale/classes", "headline metric")
             widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
             for r in [header, *rows]:
-                print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+                print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         else:
             print("no models found (train and export one: see README, 'Training on your own data')")
     for msg in problems:

@@ -23,6 +23,7 @@ COMMANDS = {
     "models": ("service.zoo_cli", "list the models in the zoo with their headline metric"),
 }
 
+
 class MissingExtra(SystemExit):
     pass
 

@@ -42,35 +42,90 @@ def jobs(data: Path, runs: Path) -> list[Job]:
     quickdraw, t91, set5 = data / "quickdraw", data / "T91", data / "Set5"
     # Compact CycleGAN for CPU inference: 128 px crops from 143 px, ngf 32, 6 residual blocks,
     # LSGAN, pool 50, lr constant for the first half then linear decay (the reference schedule).
-    cyclegan = ["--size", "128", "--load-size", "143", "--ngf", "32", "--n-blocks", "6", "--ema-decay", "0.999"]
+    cyclegan = [
+        "--size",
+        "128",
+        "--load-size",
+        "143",
+        "--ngf",
+        "32",
+        "--n-blocks",
+        "6",
+        "--ema-decay",
+        "0.999",
+    ]
     cyclegan += ["--ckpt-every", "500", "--sample-every", "500", "--log-every", "100"]
     s2w_run, monet_run = runs / "zoo_summer2winter", runs / "zoo_photo2monet"
-    p2p_run, cls_run, cgan_run = runs / "zoo_facades", runs / "zoo_quickdraw_classifier", runs / "zoo_quickdraw_cgan"
+    p2p_run, cls_run, cgan_run = (
+        runs / "zoo_facades",
+        runs / "zoo_quickdraw_classifier",
+        runs / "zoo_quickdraw_cgan",
+    )
     sr_run, srgan_run = runs / "zoo_sr_x4", runs / "zoo_sr_x4_gan"
     return [
         Job(
             "quickdraw_cgan",
             train=[
-                (str(cls_run), ["classifier", "--data", str(quickdraw), "--steps", "3000", "--out", str(cls_run)]),
+                (
+                    str(cls_run),
+                    ["classifier", "--data", str(quickdraw), "--steps", "3000", "--out", str(cls_run)],
+                ),
                 (
                     str(cgan_run),
-                    ["cgan", "--data", str(quickdraw), "--steps", "15000", "--ckpt-every", "500", "--out", str(cgan_run)],
+                    [
+                        "cgan",
+                        "--data",
+                        str(quickdraw),
+                        "--steps",
+                        "15000",
+                        "--ckpt-every",
+                        "500",
+                        "--out",
+                        str(cgan_run),
+                    ],
                 ),
             ],
             evaluate=[str(cgan_run), "--judge", str(cls_run)],
-            export=[str(cgan_run), "--name", "quickdraw_cgan", "--eval", str(cgan_run / "eval" / "quickdraw.json")],
+            export=[
+                str(cgan_run),
+                "--name",
+                "quickdraw_cgan",
+                "--eval",
+                str(cgan_run / "eval" / "quickdraw.json"),
+            ],
         ),
         Job(
             "sr_x4",
             train=[
                 (
                     str(sr_run),
-                    ["srgan", "--phase", "psnr", "--data", str(t91), "--val-data", str(set5), "--steps", "30000",
-                     "--ckpt-every", "500", "--out", str(sr_run)],
+                    [
+                        "srgan",
+                        "--phase",
+                        "psnr",
+                        "--data",
+                        str(t91),
+                        "--val-data",
+                        str(set5),
+                        "--steps",
+                        "30000",
+                        "--ckpt-every",
+                        "500",
+                        "--out",
+                        str(sr_run),
+                    ],
                 )
             ],
             evaluate=[str(sr_run), "--data", str(set5)],
-            export=[str(sr_run), "--name", "sr_x4", "--data", str(set5), "--eval", str(sr_run / "eval" / "Set5.json")],
+            export=[
+                str(sr_run),
+                "--name",
+                "sr_x4",
+                "--data",
+                str(set5),
+                "--eval",
+                str(sr_run / "eval" / "Set5.json"),
+            ],
         ),
         Job(
             "sr_x4_gan",
@@ -78,53 +133,138 @@ def jobs(data: Path, runs: Path) -> list[Job]:
             train=[
                 (
                     str(srgan_run),
-                    ["srgan", "--phase", "gan", "--init", str(sr_run), "--data", str(t91), "--val-data", str(set5),
-                     "--steps", "10000", "--ckpt-every", "500", "--out", str(srgan_run)],
+                    [
+                        "srgan",
+                        "--phase",
+                        "gan",
+                        "--init",
+                        str(sr_run),
+                        "--data",
+                        str(t91),
+                        "--val-data",
+                        str(set5),
+                        "--steps",
+                        "10000",
+                        "--ckpt-every",
+                        "500",
+                        "--out",
+                        str(srgan_run),
+                    ],
                 )
             ],
             evaluate=[str(srgan_run), "--data", str(set5)],
-            export=[str(srgan_run), "--name", "sr_x4_gan", "--data", str(set5),
-                    "--eval", str(srgan_run / "eval" / "Set5.json")],
+            export=[
+                str(srgan_run),
+                "--name",
+                "sr_x4_gan",
+                "--data",
+                str(set5),
+                "--eval",
+                str(srgan_run / "eval" / "Set5.json"),
+            ],
         ),
         Job(
             "summer2winter",
-            train=[(str(s2w_run), ["cyclegan", "--data", str(s2w), *cyclegan, "--steps", "24000", "--out", str(s2w_run)])],
+            train=[
+                (
+                    str(s2w_run),
+                    ["cyclegan", "--data", str(s2w), *cyclegan, "--steps", "24000", "--out", str(s2w_run)],
+                )
+            ],
             evaluate=[str(s2w_run)],
-            export=[str(s2w_run), "--name", "summer2winter", "--net", "G_AB",
-                    "--eval", str(s2w_run / "eval" / "summer2winter_yosemite.json")],
+            export=[
+                str(s2w_run),
+                "--name",
+                "summer2winter",
+                "--net",
+                "G_AB",
+                "--eval",
+                str(s2w_run / "eval" / "summer2winter_yosemite.json"),
+            ],
         ),
         Job(
             "winter2summer",
             needs=["summer2winter"],
             train=[],
             evaluate=[],  # the summer2winter evaluation measures both directions
-            export=[str(s2w_run), "--name", "winter2summer", "--net", "G_BA",
-                    "--eval", str(s2w_run / "eval" / "summer2winter_yosemite.json")],
+            export=[
+                str(s2w_run),
+                "--name",
+                "winter2summer",
+                "--net",
+                "G_BA",
+                "--eval",
+                str(s2w_run / "eval" / "summer2winter_yosemite.json"),
+            ],
         ),
         Job(
             "photo2monet",
             train=[
                 (
                     str(monet_run),
-                    ["cyclegan", "--data", str(monet), "--a-dir", "photo_jpg", "--b-dir", "monet_jpg",
-                     "--holdout-every", "10", *cyclegan, "--steps", "24000", "--out", str(monet_run)],
+                    [
+                        "cyclegan",
+                        "--data",
+                        str(monet),
+                        "--a-dir",
+                        "photo_jpg",
+                        "--b-dir",
+                        "monet_jpg",
+                        "--holdout-every",
+                        "10",
+                        *cyclegan,
+                        "--steps",
+                        "24000",
+                        "--out",
+                        str(monet_run),
+                    ],
                 )
             ],
             evaluate=[str(monet_run)],
-            export=[str(monet_run), "--name", "photo2monet", "--net", "G_AB",
-                    "--eval", str(monet_run / "eval" / "monet_kaggle.json")],
+            export=[
+                str(monet_run),
+                "--name",
+                "photo2monet",
+                "--net",
+                "G_AB",
+                "--eval",
+                str(monet_run / "eval" / "monet_kaggle.json"),
+            ],
         ),
         Job(
             "facades_label2photo",
             train=[
                 (
                     str(p2p_run),
-                    ["pix2pix", "--data", str(facades), "--direction", "BtoA", "--size", "256", "--ngf", "32",
-                     "--ema-decay", "0.999", "--steps", "40000", "--ckpt-every", "500", "--out", str(p2p_run)],
+                    [
+                        "pix2pix",
+                        "--data",
+                        str(facades),
+                        "--direction",
+                        "BtoA",
+                        "--size",
+                        "256",
+                        "--ngf",
+                        "32",
+                        "--ema-decay",
+                        "0.999",
+                        "--steps",
+                        "40000",
+                        "--ckpt-every",
+                        "500",
+                        "--out",
+                        str(p2p_run),
+                    ],
                 )
             ],
             evaluate=[str(p2p_run)],
-            export=[str(p2p_run), "--name", "facades_label2photo", "--eval", str(p2p_run / "eval" / "facades.json")],
+            export=[
+                str(p2p_run),
+                "--name",
+                "facades_label2photo",
+                "--eval",
+                str(p2p_run / "eval" / "facades.json"),
+            ],
         ),
     ]
 

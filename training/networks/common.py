@@ -35,7 +35,9 @@ def init_weights(net: nn.Module, std: float = 0.02) -> nn.Module:
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d) and m.affine:  # affine=False (e.g. class-conditional BN) has no scale
+        elif (
+            isinstance(m, nn.BatchNorm2d) and m.affine
+        ):  # affine=False (e.g. class-conditional BN) has no scale
             nn.init.normal_(m.weight, 1.0, std)
             nn.init.zeros_(m.bias)
     return net

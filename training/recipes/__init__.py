@@ -86,7 +86,9 @@ def find_checkpoint(run: str | Path) -> Path:
         return run
     ckpt = run / "checkpoints" / "last.pt"
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{run}: no checkpoint found (expected {ckpt}); is this a training run folder?")
+        raise FileNotFoundError(
+            f"{run}: no checkpoint found (expected {ckpt}); is this a training run folder?"
+        )
     return ckpt
 
 
