@@ -41,6 +41,9 @@ MIN_TRANSLATE_SIDE = 32
 MIN_UPSCALE_SIDE = 8
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 FORMAT_ALIASES = {"jpg": "jpeg"}
+# Input formats PIL may decode (JPEG includes MPO, the variant many phone cameras write). Without a
+# list PIL tries every plugin it has, e.g. EPS, which runs Ghostscript on the upload where installed.
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 
 class ImageError(ValueError):
@@ -195,14 +198,14 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
         # our own pixel limit applies; PIL's bomb warning would only add noise to the log
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(bytes(data)))
+            im = Image.open(io.BytesIO(bytes(data)), formats=INPUT_FORMATS)
         except Image.DecompressionBombError:
             raise ImageError(
                 f"image declares too many pixels; the limit is {_mp(limits.max_pixels)}", status_code=413
             ) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             raise ImageError(
-                "the file is not an image this service can read (use PNG, JPEG or WebP)"
+                "the file is not an image this service can read (use PNG, JPEG, WebP, GIF, BMP or TIFF)"
             ) from None
         fmt = (im.format or "").lower()
         # The header's size is known before any pixel is decoded: refuse bombs here.

@@ -119,6 +119,10 @@ class GuardMiddleware:
                 return
             if message["type"] == "http.response.start":
                 started = True
+                headers = list(message.get("headers", []))
+                if message.get("status") == 503 and all(k.lower() != b"retry-after" for k, _ in headers):
+                    # BentoML's "busy" answers (e.g. a sample batch queued too long) say when to retry
+                    message = {**message, "headers": [*headers, (b"retry-after", b"1")]}
             await send(message)
 
         with contextlib.suppress(_TooLarge):  # raised from limited_receive if the app let it through

@@ -39,6 +39,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, InvalidArgument
 from bentoml.validators import ContentType
+from pydantic import AfterValidator
 from starlette.responses import JSONResponse, Response
 
 from models.card import CardError
@@ -54,6 +55,23 @@ T = TypeVar("T")
 CONFIG = ServiceConfig.from_env()
 ImageFile = Annotated[Path, ContentType("image/*")]
 MAX_NAME_CHARS = 256  # model and label names longer than this are refused without being echoed
+
+
+def _sample_rows(rows: Any) -> np.ndarray:
+    """Check /sample_batch rows while parsing, before BentoML's batcher concatenates requests.
+
+    A scalar or a row of another width reaching the batcher made it fail (500) for every request
+    batched with it, the server's own /sample hops included (found by tests/test_fuzz.py).
+    """
+    arr = np.asarray(rows, dtype=np.float32)
+    instance = _CURRENT.get("instance")
+    width = 2 + instance._latent if instance is not None else None
+    if arr.ndim != 2 or (width is not None and arr.shape[1] != width) or len(arr) == 0:
+        raise ValueError(f"rows must be an N x {width or '(2 + latent)'} array, got shape {arr.shape}")
+    return arr
+
+
+SampleRows = Annotated[np.ndarray, AfterValidator(_sample_rows)]
 _CURRENT: dict[str, Transfigure] = {}  # the service instance of this worker, for the middleware
 
 
@@ -392,7 +410,7 @@ class Transfigure:
         max_batch_size=max(CONFIG.sample_max_batch, CONFIG.max_samples),
         max_latency_ms=CONFIG.sample_max_latency_ms,
     )
-    def sample_batch(self, rows: np.ndarray) -> np.ndarray:
+    def sample_batch(self, rows: SampleRows) -> np.ndarray:
         """Internal (used by /sample for adaptive batching): float rows [model index, label, z...]."""
         rows = np.asarray(rows, dtype=np.float32)
         n_models = len(self._sample_names)

@@ -157,7 +157,35 @@ def load_model(card_path: Path, threads: int | None = None, workers: int = 1) ->
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
         raise CardError(f"{onnx_path}: onnxruntime cannot load the model ({e})") from None
     _check_graph(card, session, onnx_path)
-    return LoadedModel(name=card.name, card=card, path=onnx_path, session=session)
+    model = LoadedModel(name=card.name, card=card, path=onnx_path, session=session)
+    _check_output(model)
+    return model
+
+
+def _check_output(model: LoadedModel) -> None:
+    """Run the model once at its native size and compare the output's shape with the card's promise.
+
+    The tensor names alone do not tell a translate graph from an upscale one: a swapped model.onnx
+    whose card was re-hashed would load, then fail every request with a 500. (This run is also the
+    warm-up of ORT's lazy initialisation.)
+    """
+    card = model.card
+    feeds = model.warmup_feeds()
+    try:
+        y = model.run(feeds)
+    except Exception as e:  # ORT's own exception types: a graph that cannot run its native size
+        shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        raise CardError(f"{model.path}: onnxruntime fails on inputs {shapes} ({e}); re-export it") from None
+    if card.task == "sample":
+        side = card.output_size or 0
+    else:
+        side = feeds[IMAGE_INPUT].shape[-1] * (card.scale or 1 if card.task == "upscale" else 1)
+    want = (1, card.output.channels, side, side)
+    if tuple(y.shape) != want:
+        raise CardError(
+            f"{model.path}: the graph returns shape {tuple(y.shape)} where its '{card.task}' card promises "
+            f"{want}; is this the right model.onnx for this card? Re-export the model"
+        )
 
 
 def check_cards(
