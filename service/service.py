@@ -63,7 +63,11 @@ def _sample_rows(rows: Any) -> np.ndarray:
     A scalar or a row of another width reaching the batcher made it fail (500) for every request
     batched with it, the server's own /sample hops included (found by tests/test_fuzz.py).
     """
-    arr = np.asarray(rows, dtype=np.float32)
+    try:
+        arr = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError):
+        # e.g. {"rows": {}} or [{}]: numpy raises TypeError, which pydantic would not turn into a 400
+        raise ValueError("rows must be an N x (2 + latent) array of numbers") from None
     instance = _CURRENT.get("instance")
     width = 2 + instance._latent if instance is not None else None
     if arr.ndim != 2 or (width is not None and arr.shape[1] != width) or len(arr) == 0:
@@ -228,6 +232,58 @@ def _overload_answer_says_when_to_retry() -> None:
 
 
 _overload_answer_says_when_to_retry()
+
+
+def _request_timer_is_cancelled() -> None:
+    """Stop BentoML's request timeout from keeping every finished request in memory for its length.
+
+    BentoML 1.4.39's ``TimeoutMiddleware`` (``traffic.timeout``) schedules
+    ``loop.call_later(timeout, ...)`` per request and never cancels it. The timer handle keeps a
+    copy of the request's contextvars, and with it the request's OpenTelemetry server span
+    (BentoML's sampler records every span, even at ``tracing.sample_rate: 0``), so each answered
+    request stayed in memory until its timer fired, ``TRANSFIGURE_TIMEOUT`` seconds later: ~5 kB
+    per /livez, ~10 kB per API request, i.e. rate x timeout x that (measured: +46 MiB at ~75 req/s
+    and 60 s), which short measurements took for an unbounded leak. ``OTEL_SDK_DISABLED=true``
+    only shrinks it to ~0.9 kB per request (the handle and its context remain).
+    BentoML's code below with two changes: the timer runs in an empty context and is cancelled
+    once the request is done (docs/RELIABILITY.md, "Load"; tests/test_load.py checks both).
+    """
+    import asyncio
+    import contextvars
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        # change 1 of 2: an empty context, so even a pending timer holds nothing of the request
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter, context=contextvars.Context())
+
+        async def _send(message: Any) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
+        try:
+            await waiter
+        except asyncio.TimeoutError:
+            if fut.cancel():
+                answer = JSONResponse(
+                    {"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504
+                )
+                await answer(scope, receive, send)
+        else:
+            await fut
+        finally:
+            timer.cancel()  # change 2 of 2 (asyncio drops cancelled timers from its heap in bulk)
+
+    TimeoutMiddleware.__call__ = __call__
+
+
+_request_timer_is_cancelled()
 
 
 def _preflight() -> None:

@@ -394,6 +394,8 @@ def _requests() -> dict[str, tuple[str, dict[str, Any], int, str]]:
         ),
         "sample_batch wrong shape": ("/sample_batch", {"json": {"rows": [[1.0, 2.0]]}}, 400, "validation"),
         "sample_batch scalar rows": ("/sample_batch", {"json": {"rows": 5}}, 400, "validation"),
+        "sample_batch object rows": ("/sample_batch", {"json": {"rows": {}}}, 400, "validation"),
+        "sample_batch rows of objects": ("/sample_batch", {"json": {"rows": [{}]}}, 400, "validation"),
         "sample_batch NaN rows": (
             "/sample_batch",
             {
