@@ -133,3 +133,14 @@ def test_list_images_errors_say_what_is_wrong(tmp_path: Path) -> None:
         quality.evaluate_upscaler(quality.bicubic_upscaler(4), tmp_path, 4)
     with pytest.raises(FileNotFoundError, match="folder not found"):
         quality.evaluate_upscaler(quality.bicubic_upscaler(4), tmp_path / "missing", 4)
+
+
+def test_sharpness_ratio_is_one_for_the_original_and_low_for_bicubic_blur() -> None:
+    hr = quality.crop_to_multiple(quality.load_rgb_array(SR_FIXTURES / "butterfly.png"), 4)
+    y = quality.rgb_to_y(hr)
+    assert quality.sharpness_ratio(y, y) == pytest.approx(1.0)
+    blurred = quality.bicubic_upscale(quality.bicubic_downscale(hr, 4), 4)
+    ratio = quality.sr_metrics(blurred, hr, 4)["sharpness_y"]
+    assert 0.0 < ratio < 0.5  # x4 bicubic loses most of the high-frequency energy
+    noisy = np.clip(hr.astype(np.int16) + np.random.default_rng(0).integers(-40, 41, hr.shape), 0, 255)
+    assert quality.sr_metrics(noisy.astype(np.uint8), hr, 4)["sharpness_y"] > 1.0

@@ -416,7 +416,8 @@ def evaluate_upscale(run, report: Report, opts: EvalOptions, hr_dir: str | Path,
     bicubic = evaluate_upscaler(bicubic_upscaler(scale), files, scale)
     split = f"{Path(hr_dir).name} ({len(files)} HR images, x{scale})"
     proto = f"Y channel (BT.601), {scale} px shaved, LR by PIL bicubic on uint8 (training/quality.py)"
-    for key, label in (("psnr_y", "PSNR"), ("ssim_y", "SSIM")):
+    sharp = "high-frequency energy ratio to HR (mean squared Laplacian of Y; 1 = as detailed as HR)"
+    for key, label in (("psnr_y", "PSNR"), ("ssim_y", "SSIM"), ("sharpness_y", sharp)):
         report.add(f"{key}_x{scale}", model.mean[key], split, f"{label} {proto}", net)
         report.add(
             f"{key}_bicubic_x{scale}", bicubic.mean[key], split, f"{label} {proto}; bicubic baseline", net

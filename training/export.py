@@ -717,7 +717,7 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     spec = specs[net_name]
     net = loaded.generators[net_name].float().eval()
 
-    metrics, headline, notes = [], None, []
+    metrics, headline, notes = [], None, [args.notes] if getattr(args, "notes", "") else []
     if args.eval:
         report = json.loads(Path(args.eval).read_text(encoding="utf-8"))
         metrics, headline = metrics_from_eval(report, net_name)
@@ -759,6 +759,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--judge", default=None, help="sample models with --int8: classifier run to measure accuracy"
+    )
+    parser.add_argument(
+        "--notes", default="", help="text for the card's notes (e.g. whether the model meets its quality bar)"
     )
     parser.add_argument("--opset", type=int, default=ExportOptions.opset, help="ONNX opset (>= 17)")
     parser.add_argument(

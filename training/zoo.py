@@ -17,13 +17,83 @@ The shared data folder is ``--data-root`` (default ``../shared/data`` next to th
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- the quality bars of issue #9, checked on the eval JSON; the verdict goes into the card's notes --
+Metrics = dict[str, float]
+BarCheck = Callable[[Metrics], tuple[bool, str]]
+
+
+def _bar_judge_per_class(m: Metrics) -> tuple[bool, str]:
+    """cGAN: judge accuracy on samples >= 90 % of its accuracy on real test drawings, every class."""
+    prefix = "judge_accuracy_samples_"
+    rows = []
+    for key, acc in sorted(m.items()):
+        if key.startswith(prefix) and f"judge_accuracy_real_{key[len(prefix) :]}" in m:
+            cls = key[len(prefix) :]
+            rows.append((acc / m[f"judge_accuracy_real_{cls}"], cls, acc, m[f"judge_accuracy_real_{cls}"]))
+    if not rows:
+        return False, "no per-class judge accuracies in the evaluation"
+    ratio, cls, acc, real = min(rows)
+    return ratio >= 0.9, (
+        f"judge accuracy on samples >= 90 % of its accuracy on real test drawings in every class; "
+        f"worst class {cls}: {acc:.3f} vs {real:.3f} real ({ratio:.1%})"
+    )
+
+
+def _bar_psnr(minimum: float) -> BarCheck:
+    def check(m: Metrics) -> tuple[bool, str]:
+        psnr, bic = m.get("psnr_y_x4", float("nan")), m.get("psnr_y_bicubic_x4", float("nan"))
+        return psnr >= minimum, f"Set5 x4 Y-PSNR >= {minimum} dB; measured {psnr:.2f} dB (bicubic {bic:.2f})"
+
+    return check
+
+
+def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | None = None,
+             judge_share: float | None = None) -> BarCheck:  # fmt: skip
+    """FID at most ``max_fid``, or at least ``below_identity`` (a fraction) under the identity FID,
+    and the domain judge's target share at least ``judge_share``."""
+
+    def check(m: Metrics) -> tuple[bool, str]:
+        fid, ident = m.get(f"fid_{tag}", float("nan")), m.get(f"fid_identity_{tag}", float("nan"))
+        parts, ok = [], True
+        if max_fid is not None:
+            ok &= fid <= max_fid
+            parts.append(f"FID <= {max_fid:g}; measured {fid:.1f} (identity {ident:.1f})")
+        if below_identity is not None:
+            limit = ident * (1 - below_identity)
+            ok &= fid <= limit
+            parts.append(
+                f"FID >= {below_identity:.0%} below identity ({limit:.1f}); measured {fid:.1f} (identity {ident:.1f})"
+            )
+        if judge_share is not None:
+            share = m.get(f"judge_target_share_{tag}", float("nan"))
+            ok &= share >= judge_share
+            parts.append(
+                f"season judge calls >= {judge_share:.0%} of outputs the target; measured {share:.1%} "
+                f"(untranslated {m.get(f'judge_target_share_identity_{tag}', float('nan')):.1%}, "
+                f"real targets {m.get(f'judge_accuracy_real_target_{tag}', float('nan')):.1%})"
+            )
+        return bool(ok), "; ".join(parts)
+
+    return check
+
+
+def bar_verdict(check: BarCheck, eval_json: Path, net: str | None) -> str:
+    """One sentence for the card: the bar, the measured figures, met or missed."""
+    report = json.loads(eval_json.read_text(encoding="utf-8"))
+    metrics = {m["name"]: float(m["value"]) for m in report.get("metrics", []) if m.get("net") in (None, net)}
+    ok, text = check(metrics)
+    return f"Issue #9 quality bar {'MET' if ok else 'MISSED'}: {text}."
 
 
 @dataclass
@@ -35,6 +105,18 @@ class Job:
     evaluate: list[str]  # `transfigure evaluate ...` args
     export: list[str]  # `transfigure export ...` args
     needs: list[str] = field(default_factory=list)  # jobs whose runs this one starts from
+    bar: BarCheck | None = None  # the shipping bar, checked on the --eval JSON at export
+
+    def export_args(self) -> list[str]:
+        """``export`` args plus ``--notes`` with the bar verdict when the evaluation exists."""
+        args = list(self.export)
+        if self.bar is None or "--eval" not in args:
+            return args
+        eval_json = Path(args[args.index("--eval") + 1])
+        net = args[args.index("--net") + 1] if "--net" in args else "G"
+        if eval_json.is_file():
+            args += ["--notes", bar_verdict(self.bar, eval_json, net)]
+        return args
 
 
 def jobs(data: Path, runs: Path) -> list[Job]:
@@ -65,6 +147,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
     return [
         Job(
             "quickdraw_cgan",
+            bar=_bar_judge_per_class,
             train=[
                 (
                     str(cls_run),
@@ -100,6 +183,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "sr_x4",
+            bar=_bar_psnr(30.5),
             train=[
                 (
                     str(sr_run),
@@ -112,7 +196,13 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         "--val-data",
                         str(set5),
                         "--steps",
-                        "30000",
+                        "8000",
+                        "--lr-g",
+                        "4e-4",
+                        "--sample-every",
+                        "1000",
+                        "--num-workers",
+                        "1",
                         "--ckpt-every",
                         "500",
                         "--out",
@@ -148,9 +238,13 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         "--val-data",
                         str(set5),
                         "--steps",
-                        "10000",
-                        "--ckpt-every",
+                        "2000",
+                        "--sample-every",
                         "500",
+                        "--num-workers",
+                        "1",
+                        "--ckpt-every",
+                        "250",
                         "--out",
                         str(srgan_run),
                     ],
@@ -169,10 +263,22 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "summer2winter",
+            bar=_bar_fid("A2B", below_identity=0.0, judge_share=0.6),
             train=[
                 (
                     str(s2w_run),
-                    ["cyclegan", "--data", str(s2w), *cyclegan, "--steps", "24000", "--out", str(s2w_run)],
+                    [
+                        "cyclegan",
+                        "--data",
+                        str(s2w),
+                        *cyclegan,
+                        "--steps",
+                        "4000",
+                        "--num-workers",
+                        "1",
+                        "--out",
+                        str(s2w_run),
+                    ],
                 )
             ],
             evaluate=[str(s2w_run)],
@@ -189,6 +295,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         Job(
             "winter2summer",
             needs=["summer2winter"],
+            bar=_bar_fid("B2A", below_identity=0.0, judge_share=0.6),
             train=[],
             evaluate=[],  # the summer2winter evaluation measures both directions
             export=[
@@ -203,6 +310,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "photo2monet",
+            bar=_bar_fid("photo_jpg2monet_jpg", below_identity=0.15),
             train=[
                 (
                     str(monet_run),
@@ -237,6 +345,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "facades_label2photo",
+            bar=_bar_fid("B2A", max_fid=200),
             train=[
                 (
                     str(p2p_run),
@@ -319,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage in {"evaluate", "all"} and job.evaluate and name in wanted:
             _run(_cmd("evaluate", *job.evaluate), args.dry_run)
         if args.stage in {"export", "all"} and name in wanted:
-            _run(_cmd("export", *job.export), args.dry_run)
+            _run(_cmd("export", *job.export_args()), args.dry_run)
     return 0
 
 

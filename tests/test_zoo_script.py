@@ -1,0 +1,72 @@
+"""The zoo script: its commands are well formed and its quality-bar verdicts follow the numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training import zoo
+
+
+def _eval_json(tmp_path: Path, metrics: dict[str, float], net: str = "G") -> Path:
+    path = tmp_path / "eval.json"
+    rows = [{"name": k, "value": v, "split": "test", "protocol": "p", "command": "c", "net": net}
+            for k, v in metrics.items()]  # fmt: skip
+    rows.append(
+        {"name": "fid_A2B", "value": 1.0, "split": "s", "protocol": "p", "command": "c", "net": "other"}
+    )
+    path.write_text(json.dumps({"metrics": rows}))
+    return path
+
+
+def test_psnr_bar_met_and_missed(tmp_path) -> None:
+    check = zoo._bar_psnr(30.5)
+    met = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.61, "psnr_y_bicubic_x4": 28.4}), "G")
+    assert met.startswith("Issue #9 quality bar MET") and "30.61 dB" in met
+    missed = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.2, "psnr_y_bicubic_x4": 28.4}), "G")
+    assert "MISSED" in missed and "30.20 dB" in missed
+
+
+def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) -> None:
+    check = zoo._bar_fid("A2B", below_identity=0.0, judge_share=0.6)
+    good = {"fid_A2B": 70.0, "fid_identity_A2B": 79.0, "judge_target_share_A2B": 0.65}
+    assert "MET" in zoo.bar_verdict(check, _eval_json(tmp_path, good, "G_AB"), "G_AB")
+    low_judge = {**good, "judge_target_share_A2B": 0.4}
+    assert "MISSED" in zoo.bar_verdict(check, _eval_json(tmp_path, low_judge, "G_AB"), "G_AB")
+    # the other net's fid_A2B (1.0) must not be read in place of this one's
+    worse_fid = {**good, "fid_A2B": 85.0}
+    verdict = zoo.bar_verdict(check, _eval_json(tmp_path, worse_fid, "G_AB"), "G_AB")
+    assert "MISSED" in verdict and "85.0" in verdict
+    monet = zoo._bar_fid("x", below_identity=0.15)
+    assert not monet({"fid_x": 120.0, "fid_identity_x": 135.0})[0]  # 11 % below: not enough
+    assert monet({"fid_x": 110.0, "fid_identity_x": 135.0})[0]
+
+
+def test_cgan_bar_is_per_class(tmp_path) -> None:
+    m = {"judge_accuracy_samples_cat": 0.95, "judge_accuracy_real_cat": 0.97,
+         "judge_accuracy_samples_dog": 0.80, "judge_accuracy_real_dog": 0.96}  # fmt: skip
+    ok, text = zoo._bar_judge_per_class(m)
+    assert not ok and "worst class dog" in text
+    m["judge_accuracy_samples_dog"] = 0.90
+    assert zoo._bar_judge_per_class(m)[0]
+
+
+def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path) -> None:
+    jobs = {j.name: j for j in zoo.jobs(tmp_path / "data", tmp_path / "runs")}
+    assert set(jobs) == {"quickdraw_cgan", "sr_x4", "sr_x4_gan", "summer2winter", "winter2summer",
+                         "photo2monet", "facades_label2photo"}  # fmt: skip
+    job = jobs["sr_x4"]
+    assert "--notes" not in job.export_args()
+    eval_path = Path(job.export[job.export.index("--eval") + 1])
+    eval_path.parent.mkdir(parents=True)
+    eval_path.write_text(json.dumps({"metrics": [
+        {"name": "psnr_y_x4", "value": 31.0, "split": "Set5", "protocol": "p", "command": "c", "net": "G"}]}))  # fmt: skip
+    args = job.export_args()
+    assert args[-2] == "--notes" and "MET" in args[-1]
+
+
+def test_dry_run_prints_every_command(capsys, tmp_path) -> None:
+    assert zoo.main(["--dry-run", "--runs", str(tmp_path), "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("$ transfigure train") == 7  # classifier, cgan, sr psnr, sr gan, 2 cyclegan, pix2pix
+    assert out.count("$ transfigure export") == 7
