@@ -70,3 +70,20 @@ def test_dry_run_prints_every_command(capsys, tmp_path) -> None:
     out = capsys.readouterr().out
     assert out.count("$ transfigure train") == 7  # classifier, cgan, sr psnr, sr gan, 2 cyclegan, pix2pix
     assert out.count("$ transfigure export") == 7
+
+
+def test_sr_comparison_grid_runs_both_exported_models(tmp_path) -> None:
+    from PIL import Image
+
+    from tests.tiny_models import make_model
+
+    fixtures = Path(__file__).parent / "fixtures" / "sr"
+    assert zoo.write_sr_comparison(tmp_path, fixtures, names=("a", "b")) is None  # models missing
+    for name in ("a", "b"):
+        make_model(tmp_path, "upscale", name=name)
+    out = zoo.write_sr_comparison(tmp_path, fixtures, names=("a", "b"))
+    assert out == tmp_path / "b" / "compare.png"
+    grid = Image.open(out)
+    n_images = len(list(fixtures.glob("*.png")))
+    assert grid.height >= n_images * 16 and grid.width > grid.height / n_images * 3  # 4 crops a row
+    assert out.stat().st_size <= 300_000

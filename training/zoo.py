@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models import zoo_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,6 +96,41 @@ def bar_verdict(check: BarCheck, eval_json: Path, net: str | None) -> str:
     metrics = {m["name"]: float(m["value"]) for m in report.get("metrics", []) if m.get("net") in (None, net)}
     ok, text = check(metrics)
     return f"Issue #9 quality bar {'MET' if ok else 'MISSED'}: {text}."
+
+
+def write_sr_comparison(models: Path, hr_dir: Path, names: tuple[str, ...] = ("sr_x4", "sr_x4_gan"),
+                        crop: int = 96) -> Path | None:  # fmt: skip
+    """``models/<last name>/compare.png``: for each HR image a centre crop of bicubic | each model |
+    HR, upscaled from the same LR input through the exported ONNX files (what the service runs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from training.export import grid_png
+    from training.quality import (
+        bicubic_downscale,
+        bicubic_upscale,
+        crop_to_multiple,
+        list_images,
+        load_rgb_array,
+    )
+
+    paths = [models / n / "model.onnx" for n in names]
+    if not all(p.is_file() for p in paths) or not Path(hr_dir).is_dir():
+        return None
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
+    rows = []
+    for f in list_images(hr_dir):
+        hr = crop_to_multiple(load_rgb_array(f), 4)
+        lr = bicubic_downscale(hr, 4)
+        outs = [bicubic_upscale(lr, 4)]
+        for sess in sessions:
+            y = sess.run(None, {"image": (lr.astype(np.float32) / 255).transpose(2, 0, 1)[None]})[0][0]
+            outs.append((np.clip(y, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8))
+        top, left = (hr.shape[0] - crop) // 2, (hr.shape[1] - crop) // 2
+        rows.append([im[top : top + crop, left : left + crop] for im in [*outs, hr]])
+    out = models / names[-1] / "compare.png"
+    out.write_bytes(grid_png(rows, cell=192))
+    return out
 
 
 @dataclass
@@ -429,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
             _run(_cmd("evaluate", *job.evaluate), args.dry_run)
         if args.stage in {"export", "all"} and name in wanted:
             _run(_cmd("export", *job.export_args()), args.dry_run)
+            if name == "sr_x4_gan" and not args.dry_run:
+                out = write_sr_comparison(zoo_dir(), args.data_root / "Set5")
+                print(f"comparison grid (bicubic | sr_x4 | sr_x4_gan | HR): {out}", flush=True)
     return 0
 
 
