@@ -170,7 +170,11 @@ def sr_metrics(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
             f"{scale}) is {hr.shape[1]}x{hr.shape[0]}; the upscaler must multiply the size by exactly {scale}"
         )
     y_sr, y_hr = shave(rgb_to_y(sr), scale), shave(rgb_to_y(hr), scale)
-    return {"psnr_y": psnr(y_sr, y_hr), "ssim_y": ssim(y_sr, y_hr), "sharpness_y": sharpness_ratio(y_sr, y_hr)}
+    return {
+        "psnr_y": psnr(y_sr, y_hr),
+        "ssim_y": ssim(y_sr, y_hr),
+        "sharpness_y": sharpness_ratio(y_sr, y_hr),
+    }
 
 
 def sharpness_ratio(y: np.ndarray, y_ref: np.ndarray) -> float:
