@@ -17,6 +17,7 @@ the optional feature-matching loss.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -42,12 +43,19 @@ class CompactSRNet(nn.Module):
             layers += [nn.Conv2d(num_feat, num_feat, 3, padding=1), nn.PReLU(num_feat)]
         layers += [nn.Conv2d(num_feat, out_ch * scale * scale, 3, padding=1), nn.PixelShuffle(scale)]
         self.body = nn.Sequential(*layers)
-        # Start as "nearest upsampling + a small correction": the last conv begins near zero so
-        # the first steps do not fight a random residual.
+        # He init for PReLU (slope 0.25) keeps the activations' scale through the plain stack;
+        # PyTorch's default init shrinks them ~10x within a few layers, and Adam then barely moves
+        # the body (its gradients fall under eps) — the loss sat at the nearest-upsampling level.
+        for m in layers:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
+        # Start as "nearest upsampling + a small correction": the last conv is scaled down so the
+        # first steps do not fight a random residual.
         last = layers[-2]
         assert isinstance(last, nn.Conv2d)
-        nn.init.normal_(last.weight, 0.0, 1e-3)
-        nn.init.zeros_(last.bias)
+        with torch.no_grad():
+            last.weight.mul_(0.01)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.body(x) + F.interpolate(x, scale_factor=self.scale, mode="nearest")
