@@ -60,6 +60,24 @@ def _bar_psnr(minimum: float) -> BarCheck:
     return check
 
 
+def _bar_sharper_than(reference_eval: Path, factor: float = 1.25) -> BarCheck:
+    """SR GAN phase: "visibly sharper" than the PSNR model, made measurable as the high-frequency
+    energy ratio (``sharpness_y_x4``, 1 = as detailed as HR) at least ``factor`` x the reference's."""
+
+    def check(m: Metrics) -> tuple[bool, str]:
+        ref = json.loads(reference_eval.read_text(encoding="utf-8")) if reference_eval.is_file() else {}
+        ref_sharp = next((x["value"] for x in ref.get("metrics", []) if x["name"] == "sharpness_y_x4"), None)
+        sharp, psnr = m.get("sharpness_y_x4", float("nan")), m.get("psnr_y_x4", float("nan"))
+        if ref_sharp is None:
+            return False, f"no sharpness figure of the PSNR model in {reference_eval}"
+        return sharp >= factor * ref_sharp, (
+            f"sharper than the PSNR model (Set5 high-frequency energy ratio >= {factor} x its "
+            f"{ref_sharp:.3f}); measured {sharp:.3f} (HR = 1), Y-PSNR {psnr:.2f} dB"
+        )
+
+    return check
+
+
 def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | None = None,
              judge_share: float | None = None) -> BarCheck:  # fmt: skip
     """FID at most ``max_fid``, or at least ``below_identity`` (a fraction) under the identity FID,
@@ -264,6 +282,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         Job(
             "sr_x4_gan",
             needs=["sr_x4"],
+            bar=_bar_sharper_than(sr_run / "eval" / "Set5.json"),
             train=[
                 (
                     str(srgan_run),
@@ -283,8 +302,12 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         "8",
                         "--ndf",
                         "32",
+                        "--lr-d",
+                        "5e-4",
+                        "--gan-weight",
+                        "0.1",
                         "--steps",
-                        "600",
+                        "800",
                         "--ema-decay",
                         "0.99",
                         "--sample-every",
