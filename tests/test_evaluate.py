@@ -103,6 +103,7 @@ def test_pix2pix_evaluate_and_export(runs, tmp_path: Path) -> None:
     assert main(["evaluate", str(run), "--limit", "2", "--judge-limit", "2"]) == 0
     m = _metrics(run / "eval" / "facades.json")
     assert {"fid_B2A", "fid_identity_B2A", "ssim_to_target_B2A", "judge_target_share_B2A"} <= set(m)
+    assert 0.0 < m["l1_to_target_B2A"]["value"] < 1.0  # an untrained U-Net is far from the photos
     card = _export(run, tmp_path, "facades-tiny", "--eval", str(run / "eval" / "facades.json"))
     # the dynamo exporter is tried first and works on the real U-Net; one self-contained file
     assert card.method == "pix2pix" and card.training.recipe_config["onnx_exporter"] == "dynamo"

@@ -155,6 +155,7 @@ class Translated:
     ssim_content: list[float]
     ssim_target: list[float]
     grid: list[list[np.ndarray]]
+    l1_target: list[float] = field(default_factory=list)  # mean |output - target| per image, [0, 1] scale
 
 
 def _y_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -177,7 +178,7 @@ def translate_split(
     ``input_features``: the inputs' features when already computed (same images, same order)."""
     from training.fid import inception_features, to_uint8
 
-    fake_f, in_f, ssim_c, ssim_t, grid = [], [], [], [], []
+    fake_f, in_f, ssim_c, ssim_t, l1_t, grid = [], [], [], [], [], []
     for batch in batches:
         x = batch[0]
         y = fn(x)
@@ -194,10 +195,11 @@ def translate_split(
                 ssim_c.append(_y_ssim(xs[i], ys[i]))
             if t8 is not None:
                 ssim_t.append(_y_ssim(ys[i], t8[i]))
+                l1_t.append(float(np.abs(ys[i].astype(np.float64) - t8[i].astype(np.float64)).mean() / 255))
             if len(grid) < grid_images:
                 grid.append([xs[i], ys[i]] + ([t8[i]] if t8 is not None else []))
     inputs = input_features if input_features is not None else np.concatenate(in_f)
-    return Translated(np.concatenate(fake_f), inputs, ssim_c, ssim_t, grid)
+    return Translated(np.concatenate(fake_f), inputs, ssim_c, ssim_t, grid, l1_t)
 
 
 def features_of(batches: Iterable, value_range: tuple[float, float] = (-1.0, 1.0), device: str = "cpu"):
@@ -259,6 +261,11 @@ def translation_metrics(
         report.add(
             f"ssim_to_target_{tag}", float(np.mean(result.ssim_target)), sp,
             "Y-SSIM of output vs its paired ground truth at the training crop size", net,
+        )  # fmt: skip
+    if result.l1_target:
+        report.add(
+            f"l1_to_target_{tag}", float(np.mean(result.l1_target)), sp,
+            "mean absolute error of output vs its paired ground truth, uint8 RGB / 255, training crop size", net,
         )  # fmt: skip
     report.headline.setdefault(net, f"fid_{tag}")
 

@@ -433,7 +433,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         "--ema-decay",
                         "0.999",
                         "--steps",
-                        "3000",
+                        "4500",
                         "--num-workers",
                         "0",
                         "--sample-every",
