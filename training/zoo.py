@@ -92,9 +92,8 @@ def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | Non
         if below_identity is not None:
             limit = ident * (1 - below_identity)
             ok &= fid <= limit
-            parts.append(
-                f"FID >= {below_identity:.0%} below identity ({limit:.1f}); measured {fid:.1f} (identity {ident:.1f})"
-            )
+            want = f"{below_identity:.0%} below" if below_identity else "below"
+            parts.append(f"FID {want} the identity baseline ({limit:.1f}); measured {fid:.1f}")
         if judge_share is not None:
             share = m.get(f"judge_target_share_{tag}", float("nan"))
             ok &= share >= judge_share
