@@ -12,6 +12,12 @@ several sessions: stop at any time, run the same command again. Settings are siz
 (compact generators, 128 px crops); on a GPU pass ``--device cuda``.
 
 The shared data folder is ``--data-root`` (default ``../shared/data`` next to the checkout).
+
+The step counts are those of the shipped models, but the shipped runs were not one straight run
+each: to fit a 3-hour CPU session their ``--steps`` was changed on resume (sr_x4 9,000 -> 6,000 at
+step 4,500; summer2winter 4,000 -> 3,000 -> 5,000 -> 4,500; facades 3,000 -> 4,500), which moves
+the linear learning-rate decay. A fresh run with these commands follows the clean schedule, so
+expect numbers close to the cards', not identical ones.
 """
 
 from __future__ import annotations
