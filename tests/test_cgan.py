@@ -289,3 +289,72 @@ def test_cli_help(recipe: str, capsys: pytest.CaptureFixture[str]) -> None:
         main(["train", recipe, "--help"])
     assert exc.value.code == 0
     assert "--data" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# DiffAugment and the EMA generator's batch-norm statistics
+# ------------------------------------------------------------------------------------------------
+def test_diffaug_ops_keep_shape_pass_gradients_and_move_content() -> None:
+    from training.diffaug import cutout, diff_augment, parse_policy, translate
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 32, 32, requires_grad=True)
+    y = diff_augment(x, parse_policy("translation,cutout,brightness"))
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # differentiable: G learns through it
+
+    ramp = torch.arange(32.0).expand(32, 32)[None, None].repeat(64, 1, 1, 1)
+    shifted = translate(ramp, fill=-1.0)
+    assert (shifted == -1).any() and not torch.equal(shifted, ramp)  # some images moved, border filled
+    # a shifted row is still a contiguous run of the ramp: every step is +1 except at the border
+    row = shifted[:, 0, 16]
+    steps = row[:, 1:] - row[:, :-1]
+    assert ((steps == 1) | (row[:, 1:] == -1) | (row[:, :-1] == -1)).all()
+    holes = cutout(torch.zeros(64, 1, 32, 32), fill=-1.0)
+    frac = (holes == -1).float().mean(dim=(1, 2, 3))
+    assert (frac > 0).all() and (frac <= 0.25 + 1e-6).all()  # a square of at most half the side
+
+    with pytest.raises(ValueError, match="rotate"):
+        parse_policy("translation,rotate")
+    assert parse_policy("") == ()
+
+
+def test_bad_diffaug_policy_is_a_config_error() -> None:
+    from training.loop import ConfigError
+    from training.recipes import cgan
+
+    with pytest.raises(ConfigError, match="blur"):
+        cgan.Config(diffaug="blur")
+
+
+def test_recalibrated_batch_norm_matches_the_weights_it_runs_with() -> None:
+    from training.loop import EMA, recalibrate_batch_norm
+
+    torch.manual_seed(0)
+    g = ConditionalGenerator(3, latent_dim=16, ngf=8)
+    ema = EMA(g, 0.5)
+    with torch.no_grad():  # the live net moves on: its BN statistics no longer fit the EMA weights
+        for p in g.parameters():
+            p.mul_(3.0).add_(0.5)
+        g.train()
+        for _ in range(20):
+            g(torch.randn(64, 16), torch.randint(0, 3, (64,)))
+    ema.update(g)
+    z, y = torch.randn(256, 16), torch.randint(0, 3, (256,))
+
+    def gap(net: torch.nn.Module) -> float:  # eval output vs the same batch with its own statistics
+        with torch.no_grad():
+            out_eval = net.eval()(z, y)
+            out_train = net.train()(z, y)
+        net.eval()
+        return float((out_eval - out_train).abs().mean())
+
+    before = gap(ema.module)
+    batches = [(torch.randn(128, 16), torch.randint(0, 3, (128,))) for _ in range(8)]
+    assert recalibrate_batch_norm(ema.module, batches) == 3
+    after = gap(ema.module)
+    assert after < 0.25 * before, (before, after)
+    assert not ema.module.training  # mode restored
+    assert all(m.momentum == 0.1 for m in ema.module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert recalibrate_batch_norm(torch.nn.Conv2d(1, 1, 1), iter(())) == 0

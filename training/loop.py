@@ -311,7 +311,12 @@ def linear_decay_schedule(
 
 
 class EMA:
-    """Exponential moving average of a net's weights (buffers are copied, not averaged)."""
+    """Exponential moving average of a net's weights (buffers are copied, not averaged).
+
+    Batch-norm running statistics copied from the live net do not fit the averaged weights (they
+    were measured on the live net's activations); a recipe whose generator has batch norm
+    recomputes them for the EMA copy with :func:`recalibrate_batch_norm` before the copy is sampled
+    or saved (the ``calibrate_generator`` hook of :class:`Recipe`)."""
 
     def __init__(self, net: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
@@ -331,6 +336,33 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.module.load_state_dict(state)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(net: nn.Module, inputs: Iterable[tuple[Any, ...]], autocast: Any = None) -> int:
+    """Recompute every batch-norm running mean/var of ``net`` as the exact average over the
+    batches ``inputs`` yields (``net(*batch)`` in train mode; BigGAN's "standing statistics"),
+    then restore the net's mode and momenta. Returns the number of batch-norm layers (0: nothing
+    to do, ``inputs`` is not consumed)."""
+    bns = [
+        m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    if not bns:
+        return 0
+    mode, momenta = net.training, [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    net.train()
+    try:
+        for batch in inputs:
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                net(*batch)
+    finally:
+        for m, mom in zip(bns, momenta, strict=True):
+            m.momentum = mom
+        net.train(mode)
+    return len(bns)
 
 
 def seed_everything(seed: int) -> None:
@@ -448,7 +480,9 @@ def data_stream(
 # ------------------------------------------------------------------------------------------------
 class Recipe(Protocol):
     """What :func:`train` needs from a recipe. Optional extras: ``state_dict()`` and
-    ``load_state_dict(state)`` for state outside nets/optimizers (e.g. an image pool)."""
+    ``load_state_dict(state)`` for state outside nets/optimizers (e.g. an image pool), and
+    ``calibrate_generator(name, module)``, called (RNG preserved, no grad) on each EMA generator
+    before it is sampled or saved — e.g. to recompute batch-norm statistics for the EMA weights."""
 
     nets: dict[str, nn.Module]  # every net that is trained and checkpointed
     generators: tuple[str, ...]  # the names in ``nets`` that get EMA and are exported
@@ -623,8 +657,15 @@ def train(
     t_start = time.perf_counter()
     saved_step = step
 
+    def calibrate_ema() -> None:
+        if hasattr(recipe, "calibrate_generator"):
+            with preserved_rng(), torch.no_grad():
+                for g, e in ema.items():
+                    recipe.calibrate_generator(g, e.module)
+
     def save() -> None:
         nonlocal saved_step
+        calibrate_ema()
         state = {
             "recipe": name,
             "config": asdict(cfg),
@@ -649,6 +690,7 @@ def train(
         saved_step = step
 
     def sample() -> None:
+        calibrate_ema()
         gens = {g: (ema[g].module if g in ema else recipe.nets[g]) for g in recipe.generators}
         modes = {g: m.training for g, m in gens.items()}
         with preserved_rng(), torch.no_grad():

@@ -402,7 +402,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         "10",
                         *cyclegan,
                         "--steps",
-                        "24000",
+                        "3500",
                         "--out",
                         str(monet_run),
                     ],

@@ -97,8 +97,10 @@ def _torch_net(model: LoadedModel):
         return None, "torch not installed"
     mod = recipe_module(model.card.method)
     try:
-        config = config_from_dict(mod.Config, model.card.training.recipe_config)
-        net = next(iter(mod.build_generators(config).values())).float().eval()
+        saved = model.card.training.recipe_config  # {"recipe", "net", "config": {...}, ...}
+        config = config_from_dict(mod.Config, saved.get("config", saved))
+        nets = mod.build_generators(config)
+        net = (nets[saved["net"]] if saved.get("net") in nets else next(iter(nets.values()))).float().eval()
     except (ValueError, TypeError, KeyError) as e:  # e.g. the tiny test models' minimal configs
         return None, f"cannot rebuild the net from the card: {e}"
     graph = onnx.load(str(model.path)).graph

@@ -11,7 +11,19 @@ The recipe is the SN-GAN/SAGAN line for small conditional image sets:
 * fakes use the labels of the real batch, so every class is trained as often as it occurs;
 * an **EMA** of the generator's weights (the loop keeps it; ``--ema-decay``) is what the sample
   grid shows and what gets exported;
-* optional minibatch standard deviation feature in D (``--minibatch-std``) against mode collapse.
+* optional minibatch standard deviation feature in D (``--minibatch-std``) against mode collapse;
+* **DiffAugment** (``--diffaug translation,cutout``; Zhao et al., 2020): the same random,
+  differentiable transforms on real and fake images whenever D sees them. Quick, Draw! gives 2,700
+  training drawings per class; without it D memorised them within ~1k steps (hinge loss ~0.1) and
+  G collapsed to one drawing per class;
+* **mode seeking** (``--mode-seeking``; Mao et al., CVPR 2019): the G step also draws a second
+  noise for every label and adds ``w / (mean|G(z1,y) - G(z2,y)| / mean|z1 - z2|)``, penalising a
+  generator whose images stop changing with z. Without it, the class signal (conditional BN at
+  every layer) won and G drew one near-identical drawing per class (pixel std across z ~0.05,
+  real drawings of one class 0.46) even when the judge recognised them;
+* the EMA generator's batch-norm statistics are recomputed for the averaged weights before it is
+  sampled or saved (:func:`training.loop.recalibrate_batch_norm`): the live net's statistics,
+  copied over, do not fit them and washed the exported samples out to grey.
 
 Data: a folder of Quick, Draw! ``.npy`` files, MNIST/Fashion-MNIST idx files or one sub-folder per
 class (``training/data/labelled.py``); the train split is all but the last ``--test-fraction`` of
@@ -32,6 +44,7 @@ from typing import Any
 import torch
 
 from training.data.labelled import LabelledImages, describe_dataset, load_split
+from training.diffaug import POLICIES, diff_augment, parse_policy
 from training.loop import (
     ConfigError,
     Runtime,
@@ -40,6 +53,7 @@ from training.loop import (
     config_from_args,
     data_stream,
     image_grid,
+    recalibrate_batch_norm,
     to_device,
     train,
 )
@@ -50,6 +64,7 @@ from training.recipes import ExportSpec
 NAME = "cgan"
 GP_WEIGHT = 10.0  # WGAN-GP's lambda (Gulrajani et al., 2017)
 SAMPLES_PER_CLASS = 8  # columns of the sample grid
+CALIBRATION_BATCHES = 16  # batches of fresh noise that re-estimate the EMA generator's BN statistics
 
 
 @dataclass
@@ -86,6 +101,18 @@ class Config(TrainConfig):
     )
     spectral_norm: bool = field(default=True, metadata={"help": "spectral norm on every D weight"})
     minibatch_std: bool = field(default=False, metadata={"help": "minibatch std-dev feature in D"})
+    mode_seeking: float = field(
+        default=1.0,
+        metadata={
+            "help": "weight of the mode-seeking term (MSGAN): pushes two noises of one class apart; 0 = off"
+        },
+    )
+    diffaug: str = field(
+        default="translation,cutout",
+        metadata={
+            "help": f"DiffAugment ops on D's inputs, comma-separated ({', '.join(POLICIES)}); '' = off"
+        },
+    )
     # loop defaults that differ for this recipe
     steps: int = field(default=20_000, metadata={"help": "total optimisation steps (iterations)"})
     batch_size: int = field(default=64, metadata={"help": "images per step"})
@@ -93,6 +120,12 @@ class Config(TrainConfig):
     num_workers: int = field(
         default=0, metadata={"help": "data loading processes (the data is in memory: 0 is fastest)"}
     )
+
+    def __post_init__(self) -> None:
+        try:
+            parse_policy(self.diffaug)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,6 +238,7 @@ class CGANRecipe:
         }
         self.schedulers: dict[str, Any] = {}  # constant learning rates, as SN-GAN/SAGAN
         self.gan = GANLoss(cfg.loss, real_target=1.0 - cfg.label_smoothing)
+        self.augment_ops = parse_policy(cfg.diffaug)
         # Fixed noise for the sample grid (its own generator: never touches the training RNG).
         self.grid_z = torch.randn(
             SAMPLES_PER_CLASS, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1)
@@ -223,6 +257,23 @@ class CGANRecipe:
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.latent_dim, device=self.rt.device)
 
+    def _d(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """D on a DiffAugmented view of ``x`` (a fresh draw of the transforms every call)."""
+        return self.D(diff_augment(x, self.augment_ops) if self.augment_ops else x, label)
+
+    def calibrate_generator(self, name: str, g: torch.nn.Module) -> None:
+        """Batch-norm statistics for the EMA weights: CALIBRATION_BATCHES batches of fresh noise
+        with uniformly drawn labels, from a fixed seed (the same weights give the same statistics)."""
+        rng = torch.Generator().manual_seed(self.cfg.seed + 2)
+        n, k, dev = self.cfg.batch_size, len(self.cfg.classes), self.rt.device
+
+        def inputs():
+            for _ in range(CALIBRATION_BATCHES):
+                z = torch.randn(n, self.cfg.latent_dim, generator=rng).to(dev)
+                yield z, torch.randint(0, k, (n,), generator=rng).to(dev)
+
+        recalibrate_batch_norm(g, inputs(), self.rt.autocast)
+
     def train_step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
         real, label = to_device(batch, self.rt.device)
         n, rt, opt_g, opt_d = real.shape[0], self.rt, self.optimizers["G"], self.optimizers["D"]
@@ -232,25 +283,38 @@ class CGANRecipe:
             with torch.no_grad(), rt.autocast():
                 fake = self.G(self._noise(n), label)
             with rt.autocast():
-                loss_d = self.gan.d_loss(self.D(real, label), self.D(fake, label))
+                loss_d = self.gan.d_loss(self._d(real, label), self._d(fake, label))
             if self.gan.name == "wgan-gp":
-                loss_d = loss_d + GP_WEIGHT * gradient_penalty(lambda x: self.D(x, label), real, fake.float())
+                loss_d = loss_d + GP_WEIGHT * gradient_penalty(
+                    lambda x: self._d(x, label), real, fake.float()
+                )
             opt_d.zero_grad(set_to_none=True)
             rt.backward(loss_d)
             rt.step(opt_d)
 
         # generator: fool D on fresh noise, same labels
         self.D.requires_grad_(False)  # no D gradients to compute or leak into the next D step
+        metrics = {}
         with rt.autocast():
-            fake = self.G(self._noise(n), label)
-            fake_logits = self.D(fake, label)
-            real_logits = self.D(real, label) if self.gan.needs_real_for_g else None
+            if self.cfg.mode_seeking > 0:  # a second noise per label, in the same G pass
+                z = self._noise(2 * n)
+                fakes = self.G(z, torch.cat([label, label]))
+                fake, fake2 = fakes[:n], fakes[n:]
+            else:
+                fake = self.G(self._noise(n), label)
+            fake_logits = self._d(fake, label)
+            real_logits = self._d(real, label) if self.gan.needs_real_for_g else None
             loss_g = self.gan.g_loss(fake_logits, real_logits)
+        if self.cfg.mode_seeking > 0:
+            ratio = (fake.float() - fake2.float()).abs().mean() / (z[:n] - z[n:]).abs().mean()
+            loss_g = loss_g + self.cfg.mode_seeking / (ratio + 1e-5)
+            metrics["G_diversity"] = ratio.detach()
         self.D.requires_grad_(True)
         opt_g.zero_grad(set_to_none=True)
         rt.backward(loss_g)
         rt.step(opt_g)
-        return {"G_loss": loss_g.detach(), "D_loss": loss_d.detach()}  # tensors: no GPU sync per step
+        metrics.update(G_loss=loss_g.detach(), D_loss=loss_d.detach())  # tensors: no GPU sync per step
+        return metrics
 
     def sample_images(self, generators: dict[str, torch.nn.Module], step: int) -> torch.Tensor:
         g = generators["G"]
