@@ -290,10 +290,18 @@ def _preflight() -> None:
     """Refuse to start on a bad card or file, naming it, before BentoML spawns workers.
 
     A worker that fails in ``__init__`` is restarted by BentoML's arbiter forever; failing at import
-    makes ``bentoml serve`` itself exit with the message. (Cards + sha256 only; sessions come later.)
+    makes ``bentoml serve`` itself exit with the message. Cards and sha256 first (cheap), then every
+    model is opened once and run at its native size — a file whose hash matches its card but that
+    onnxruntime cannot load or run (a swapped graph re-hashed by hand) must stop the server here too.
+    Workers (BentoML sets their index before importing this module) skip it: the serving process
+    has checked before spawning them, and each worker opens its sessions in ``__init__`` anyway.
     """
-    if CONFIG.strict:
-        check_cards(CONFIG.models_dir, CONFIG.models, strict=True)
+    from bentoml._internal.context import server_context  # no public API says "am I a worker"
+
+    if not CONFIG.strict or server_context.worker_index is not None:
+        return
+    check_cards(CONFIG.models_dir, CONFIG.models, strict=True)
+    Zoo.load(CONFIG.models_dir, names=CONFIG.models, strict=True, threads=1, workers=1)
 
 
 _preflight()
