@@ -49,6 +49,8 @@ def test_cgan_bar_is_per_class(tmp_path) -> None:
     assert not ok and "worst class dog" in text
     m["judge_accuracy_samples_dog"] = 0.90
     assert zoo._bar_judge_per_class(m)[0]
+    m.update(diversity_samples_cat=2.0, diversity_real_cat=4.0, diversity_samples_dog=3.0, diversity_real_dog=3.0)
+    assert "50%-100% of real" in zoo._bar_judge_per_class(m)[1]  # reported, not part of the bar
 
 
 def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path) -> None:

@@ -156,6 +156,9 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=40, help="requests per measurement")
     ap.add_argument("--size", type=int, default=256, help="input image side for translate/upscale")
     ap.add_argument("--samples", type=int, default=16, help="n per /sample request")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="server worker processes (TRANSFIGURE_WORKERS; default 1)"
+    )
     args = ap.parse_args()
 
     root = args.models_dir or zoo_dir()
@@ -170,6 +173,8 @@ def main() -> int:
     port = _free_port()
     env = {**os.environ, "TRANSFIGURE_MODELS_DIR": str(root), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("TRANSFIGURE_API_TOKEN", None)
+    if args.workers:
+        env["TRANSFIGURE_WORKERS"] = str(args.workers)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -258,7 +263,7 @@ def main() -> int:
     for r in [header, *rows]:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
     print(
-        f"inputs: {args.size}x{args.size} PNG (translate/upscale), n={args.samples} (sample); {args.requests} requests each"
+        f"inputs: {args.size}x{args.size} PNG (translate/upscale), n={args.samples} (sample); {args.requests} requests each; server workers: {args.workers or os.environ.get('TRANSFIGURE_WORKERS', 1)}"
     )
     for line in notes:
         print(line)
