@@ -36,6 +36,32 @@ def test_resnet_block_count_and_reference_size() -> None:
     assert count_parameters(ResnetGenerator(ngf=64, n_blocks=9)) == 11_378_179
 
 
+def test_resize_upsampling_has_no_checkerboard_at_init_and_keeps_old_checkpoints_loadable() -> None:
+    torch.manual_seed(0)
+    resize = ResnetGenerator(ngf=8, n_blocks=1, norm="none", upsample="resize")
+    assert resize(torch.randn(1, 3, 36, 44)).shape == (1, 3, 36, 44)
+    assert "upsample=resize" in resize.architecture
+
+    def parity_gap(net: torch.nn.Module) -> float:
+        # the upsampling half alone, on a constant feature map: any difference between even and odd
+        # output pixels is the checkerboard a transposed conv with kernel 3, stride 2 makes
+        layers = list(net.model.children())
+        last_block = max(i for i, m in enumerate(layers) if type(m).__name__ == "ResnetBlock")
+        ups = torch.nn.Sequential(*layers[last_block + 1 : -3])  # up to the final pad, conv, tanh
+        with torch.no_grad():
+            y = ups(torch.ones(1, 32, 8, 8))[..., 4:-4, 4:-4]
+        return float((y[..., ::2, ::2] - y[..., 1::2, 1::2]).abs().mean())
+
+    transposed = ResnetGenerator(ngf=8, n_blocks=1, norm="none")
+    assert parity_gap(resize) < 1e-6 < parity_gap(transposed)
+    # the default layout is unchanged: checkpoints of shipped runs still load
+    keys = list(transposed.state_dict())
+    assert keys[-6:] == ["model.11.weight", "model.11.bias", "model.14.weight", "model.14.bias",
+                         "model.18.weight", "model.18.bias"]  # fmt: skip
+    with pytest.raises(ValueError, match="upsample"):
+        ResnetGenerator(upsample="bilinear")
+
+
 @pytest.mark.parametrize("downs,hw", [(5, (32, 64)), (6, (64, 64)), (4, (48, 32))])
 def test_unet_generator_keeps_size(downs: int, hw: tuple[int, int]) -> None:
     net = UnetGenerator(3, 3, num_downs=downs, ngf=8)

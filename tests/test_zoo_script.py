@@ -49,7 +49,9 @@ def test_cgan_bar_is_per_class(tmp_path) -> None:
     assert not ok and "worst class dog" in text
     m["judge_accuracy_samples_dog"] = 0.90
     assert zoo._bar_judge_per_class(m)[0]
-    m.update(diversity_samples_cat=2.0, diversity_real_cat=4.0, diversity_samples_dog=3.0, diversity_real_dog=3.0)
+    m.update(
+        diversity_samples_cat=2.0, diversity_real_cat=4.0, diversity_samples_dog=3.0, diversity_real_dog=3.0
+    )
     assert "50%-100% of real" in zoo._bar_judge_per_class(m)[1]  # reported, not part of the bar
 
 

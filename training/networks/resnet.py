@@ -26,11 +26,20 @@ class ResnetBlock(nn.Module):
         return x + self.body(x)
 
 
+UPSAMPLING = ("transposed", "resize")
+
+
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamples, ``n_blocks`` residual blocks at 4*ngf channels, two
-    transposed-conv upsamples, c7s1-out, tanh. 9 blocks for 256 px in the paper, 6 for 128 px;
-    a smaller ``ngf`` gives a compact generator. Output in [-1, 1], same HxW as the input, which
-    must be a multiple of 4 (``multiple_of``)."""
+    x2 upsamples, c7s1-out, tanh. 9 blocks for 256 px in the paper, 6 for 128 px; a smaller
+    ``ngf`` gives a compact generator. Output in [-1, 1], same HxW as the input, which must be a
+    multiple of 4 (``multiple_of``).
+
+    ``upsample``: ``transposed`` (the paper's 3x3 stride-2 transposed conv) or ``resize`` (nearest
+    x2 then a 3x3 conv; Odena et al., 2016). A 3x3 kernel at stride 2 overlaps unevenly, so the
+    transposed form starts with a checkerboard pattern that training must learn away — with a
+    short (CPU) budget it stays visible and costs FID; resize-convolution has none by construction.
+    """
 
     n_downsampling = 2
 
@@ -42,12 +51,17 @@ class ResnetGenerator(nn.Module):
         n_blocks: int = 9,
         norm: str = "instance",
         dropout: float = 0.0,
+        upsample: str = "transposed",
     ) -> None:
         super().__init__()
         if n_blocks < 0 or ngf < 1:
             raise ValueError(f"need ngf >= 1 and n_blocks >= 0, got ngf={ngf}, n_blocks={n_blocks}")
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLING)}, got '{upsample}'")
         self.multiple_of = 2**self.n_downsampling
         self.config = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks, "norm": norm}
+        if upsample != "transposed":
+            self.config["upsample"] = upsample
         make_norm, bias = norm_layer(norm), conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -61,11 +75,17 @@ class ResnetGenerator(nn.Module):
             ch *= 2
         layers += [ResnetBlock(ch, norm, dropout) for _ in range(n_blocks)]
         for _ in range(self.n_downsampling):
-            layers += [
-                nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                make_norm(ch // 2),
-                nn.ReLU(),
-            ]
+            if upsample == "resize":
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.ReflectionPad2d(1),
+                    nn.Conv2d(ch, ch // 2, 3, bias=bias),
+                ]
+            else:
+                layers += [
+                    nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias)
+                ]
+            layers += [make_norm(ch // 2), nn.ReLU()]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
@@ -78,4 +98,5 @@ class ResnetGenerator(nn.Module):
     @property
     def architecture(self) -> str:
         c = self.config
-        return f"ResnetGenerator(ngf={c['ngf']}, blocks={c['n_blocks']}, norm={c['norm']})"
+        up = f", upsample={c['upsample']}" if "upsample" in c else ""
+        return f"ResnetGenerator(ngf={c['ngf']}, blocks={c['n_blocks']}, norm={c['norm']}{up})"

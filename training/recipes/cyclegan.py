@@ -35,6 +35,7 @@ from training.loop import (
 )
 from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss, resolve_gan_loss
 from training.networks import NORMS, PatchDiscriminator, ResnetGenerator
+from training.networks.resnet import UPSAMPLING
 from training.pool import ImagePool
 from training.recipes import ExportSpec
 
@@ -61,6 +62,14 @@ class Config(TrainConfig):
     flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     ngf: int = field(default=64, metadata={"help": "generator width"})
     n_blocks: int = field(default=9, metadata={"help": "ResNet blocks (9 for 256 px, 6 for 128 px)"})
+    upsample: str = field(
+        default="transposed",
+        metadata={
+            "help": "generator upsampling: the paper's transposed conv, or resize (nearest x2 + conv: "
+            "no checkerboard artefacts)",
+            "choices": UPSAMPLING,
+        },
+    )
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
     n_layers_d: int = field(default=3, metadata={"help": "PatchGAN depth (3: 70x70 patches)"})
     norm: str = field(default="instance", metadata={"help": "normalisation layers", "choices": NORMS})
@@ -98,7 +107,9 @@ class Config(TrainConfig):
 
 def build_generators(config: Config) -> dict[str, nn.Module]:
     def gen() -> ResnetGenerator:
-        return ResnetGenerator(3, 3, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm)
+        return ResnetGenerator(
+            3, 3, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm, upsample=config.upsample
+        )
 
     return {"G_AB": gen(), "G_BA": gen()}
 
