@@ -320,12 +320,39 @@ def test_diffaug_ops_keep_shape_pass_gradients_and_move_content() -> None:
     assert parse_policy("") == ()
 
 
-def test_bad_diffaug_policy_is_a_config_error() -> None:
+def test_bad_diffaug_policy_or_mode_seeking_weight_is_a_config_error() -> None:
     from training.loop import ConfigError
     from training.recipes import cgan
 
     with pytest.raises(ConfigError, match="blur"):
         cgan.Config(diffaug="blur")
+    with pytest.raises(ConfigError, match="mode-seeking"):
+        cgan.Config(mode_seeking=-1.0)
+
+
+def test_mode_seeking_term_rewards_samples_that_change_with_z(tmp_path: Path) -> None:
+    from training.loop import Runtime
+    from training.recipes import cgan
+
+    torch.manual_seed(0)
+    cfg = _tiny_config(tmp_path, mode_seeking=1.0)
+    recipe = cgan.CGANRecipe(cfg, Runtime.create("cpu", "fp32"))
+    metrics = recipe.train_step(next(recipe.batches(0)), 0)
+    assert float(metrics["G_diversity"]) > 0
+    # the term's gradient pushes G's two images apart: one step on it alone raises the ratio
+    z = torch.randn(32, cfg.latent_dim)
+    label = torch.randint(0, len(cfg.classes), (16,))
+    opt = torch.optim.SGD(recipe.G.parameters(), lr=0.05)
+
+    def ratio() -> torch.Tensor:
+        out = recipe.G(z, torch.cat([label, label]))
+        return (out[:16] - out[16:]).abs().mean() / (z[:16] - z[16:]).abs().mean()
+
+    before = float(ratio())
+    opt.zero_grad()
+    (1.0 / (ratio() + 1e-5)).backward()
+    opt.step()
+    assert float(ratio()) > before
 
 
 def test_recalibrated_batch_norm_matches_the_weights_it_runs_with() -> None:

@@ -102,7 +102,7 @@ class Config(TrainConfig):
     spectral_norm: bool = field(default=True, metadata={"help": "spectral norm on every D weight"})
     minibatch_std: bool = field(default=False, metadata={"help": "minibatch std-dev feature in D"})
     mode_seeking: float = field(
-        default=1.0,
+        default=0.1,
         metadata={
             "help": "weight of the mode-seeking term (MSGAN): pushes two noises of one class apart; 0 = off"
         },
@@ -126,6 +126,8 @@ class Config(TrainConfig):
             parse_policy(self.diffaug)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.mode_seeking < 0:
+            raise ConfigError(f"--mode-seeking must be >= 0 (0 = off), got {self.mode_seeking}")
 
 
 # ------------------------------------------------------------------------------------------------
