@@ -32,15 +32,25 @@ def parse_policy(policy: str) -> tuple[str, ...]:
     return ops
 
 
-def translate(x: Tensor, ratio: float = 0.125, fill: float = -1.0) -> Tensor:
-    """Shift each image by a random integer offset of up to ``ratio`` of its side (the vacated
-    border becomes ``fill``); one gather, so it is differentiable and batched."""
+def translate(
+    x: Tensor,
+    ratio: float = 0.125,
+    fill: float = -1.0,
+    max_shift: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Shift each image by a random integer offset of up to ``ratio`` of its side (or ``max_shift``
+    px); the vacated border becomes ``fill``. One gather, so it is differentiable and batched.
+    ``generator`` (a CPU generator) makes the offsets reproducible; default: the global RNG."""
     n, _, h, w = x.shape
-    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    if max_shift is not None:
+        sy = sx = max(0, int(max_shift))
+    else:
+        sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
     if sy == 0 and sx == 0:
         return x
-    dy = torch.randint(-sy, sy + 1, (n, 1, 1), device=x.device)
-    dx = torch.randint(-sx, sx + 1, (n, 1, 1), device=x.device)
+    dy = torch.randint(-sy, sy + 1, (n, 1, 1), generator=generator).to(x.device)
+    dx = torch.randint(-sx, sx + 1, (n, 1, 1), generator=generator).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :, None] + dy  # N x H x 1: source row of each pixel
     xs = torch.arange(w, device=x.device)[None, None, :] + dx  # N x 1 x W
     padded = F.pad(x, (sx, sx, sy, sy), value=fill)

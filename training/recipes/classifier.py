@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.data.labelled import LabelledImages, load_split
+from training.diffaug import translate
 from training.loop import (
     ConfigError,
     Runtime,
@@ -172,12 +173,7 @@ def load_judge(run: str | Path) -> tuple[nn.Module, Any]:
 # ------------------------------------------------------------------------------------------------
 def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
     """Translate each image by up to ``max_shift`` px (background -1 fills in)."""
-    if max_shift <= 0:
-        return x
-    n, _, h, w = x.shape
-    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    return translate(x, fill=-1.0, max_shift=max_shift, generator=generator)
 
 
 class ClassifierRecipe:
