@@ -192,3 +192,29 @@ def test_srgan_int8_export_measures_psnr_of_both_models(runs, tmp_path: Path) ->
     loss = (fp32.value - int8.value) / fp32.value  # PSNR: higher is better
     assert card.precision == ("int8" if loss <= 0.03 else "fp32")
     assert "INT8" in card.notes and "speed-up" in card.notes
+
+
+def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Path, capsys) -> None:
+    """`transfigure export models/NAME --onnx FP32` when the training run is gone: same net, card kept."""
+    from training.export import ort_session
+    from training.recipes import load_run_from_card
+
+    sr = ["--data", str(FIXTURES / "sr")]  # the dynamo exporter keeps torch's tensor names
+    first = _export(runs["srgan"], tmp_path / "a", "sr", *sr, "--notes", "Bar note.")
+    src = tmp_path / "a" / "sr"
+    rebuilt = load_run_from_card(src)  # the fp32 file names every tensor of the card's net
+    x = torch.rand(1, 3, 12, 20)
+    with torch.inference_mode():
+        ours = next(iter(rebuilt.generators.values()))(x).numpy()
+    theirs = ort_session(src / "model.onnx").run(["output"], {"image": x.numpy()})[0]
+    assert np.abs(ours - theirs).max() < 1e-5
+
+    card = _export(src, tmp_path / "b", "sr", *sr, "--int8", "--int8-max-loss", "1e9", "--int8-images", "2")
+    assert card.precision == "int8" and card.notes.startswith("Bar note. ONNX exporter:")
+    assert card.training.steps == first.training.steps and card.training.dataset == first.training.dataset
+    assert card.training.recipe_config["config"] == first.training.recipe_config["config"]
+    assert card.metric("int8_headline_int8") is not None and card.scale == first.scale
+
+    # an INT8 file does not hold the net's fp32 tensors: refused, not rebuilt with random weights
+    assert main(["export", str(tmp_path / "b" / "sr"), "--name", "sr", "--out", str(tmp_path / "c")]) == 1
+    assert "fp32 ONNX export" in capsys.readouterr().err

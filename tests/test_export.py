@@ -12,6 +12,7 @@ from torch import nn
 
 from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, CardError, ModelCard
 from training import export as ex
+from training import int8_graph
 from training.data.catalog import UNKNOWN_LICENSE, provenance
 from training.macs import count_macs
 from training.recipes import ExportSpec
@@ -202,6 +203,75 @@ def test_int8_is_kept_only_within_the_metric_threshold(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.card.precision == "fp32" and not refused.int8["kept"]
     assert refused.int8["relative_loss"] > 0
+
+
+def _onnx_of(net: nn.Module, path: Path, channels: int = 3) -> Path:
+    spec = TRANSLATE if channels == 3 else ExportSpec(**{**TRANSLATE.__dict__, "input_channels": channels})
+    ex.export_onnx(net.eval(), spec, path, prefer_dynamo=False)
+    return path
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    return ex.ort_session(path).run([OUTPUT], {IMAGE_INPUT: x})[0]
+
+
+@pytest.mark.parametrize(
+    "kernel,pad,out_pad,bias",
+    [(3, 1, 1, True), (4, 1, 0, True), (4, 1, 0, False), (2, 0, 0, True), (3, 1, 0, True)],
+)
+def test_int8_graph_rewrites_are_exact_in_fp32(tmp_path: Path, kernel, pad, out_pad, bias) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1),
+        nn.ConvTranspose2d(5, 6, kernel, stride=2, padding=pad, output_padding=out_pad, bias=bias),
+        nn.Conv2d(6, 3, 3, padding=1),  # thin head
+    )
+    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
+    model = onnx.load(str(fp32))
+    rewritten = int8_graph.subpixel_conv_transpose(model)
+    widened = int8_graph.widen_thin_convs(model)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    doubles = kernel + out_pad - 2 * pad == 2  # output exactly 2x: the only layout rewritten
+    assert len(rewritten) == int(doubles) and ("ConvTranspose" in ops) != doubles
+    assert len(widened) == 2 + 4 * doubles  # every Conv here has < 16 outputs, the 4 phase convs too
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 12, 20)).astype(np.float32)
+    want, got = _run(fp32, x), _run(tmp_path / "rewritten.onnx", x)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+
+
+def test_int8_graph_has_int8_upsampling_and_a_widened_head(tmp_path: Path) -> None:
+    import onnx
+
+    net = TinyTranslator().eval()
+    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(1)
+    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "ConvTranspose" not in ops and "DepthToSpace" in ops and "Slice" in ops
+    made_by = {o: n.op_type for n in graph.node for o in n.output}
+    conv_weights = [made_by.get(n.input[1]) for n in graph.node if n.op_type == "Conv"]
+    assert conv_weights and all(w == "DequantizeLinear" for w in conv_weights)  # every conv is int8
+    x = rng.uniform(-1, 1, (2, 3, 36, 40)).astype(np.float32)
+    want, got = _run(fp32, x), _run(tmp_path / "int8.onnx", x)
+    assert got.shape == want.shape and np.abs(got - want).mean() < 0.1
+
+
+def test_int8_keeps_a_conv_transpose_it_cannot_rewrite_in_fp32(tmp_path: Path) -> None:
+    import onnx
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 3, 3, stride=1, padding=1))
+    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
+    calib = [{IMAGE_INPUT: np.random.default_rng(2).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)}]
+    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    (convt,) = [n for n in graph.node if n.op_type == "ConvTranspose"]
+    assert convt.input[1] in {t.name for t in graph.initializer}  # fp32 weights, no per-run dequantize
 
 
 def test_metrics_from_eval_keep_the_exported_net_and_its_headline() -> None:

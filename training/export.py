@@ -1,6 +1,8 @@
 """Export a training run to the model zoo: ONNX + parity check (+ INT8) + card.json, written atomically.
 
 ``transfigure export RUN --name NAME [--net G_AB] [--out models/] [--eval RUN/eval/x.json] [--int8]``
+``transfigure export models/NAME --onnx FP32.onnx --name NAME --int8`` (re-export a zoo model, e.g. with
+a newer quantiser, when its training run is gone: the net is rebuilt from the card and the fp32 file)
 
 1. rebuild the net from ``RUN/checkpoints/last.pt`` (EMA weights when present, eval mode, fp32);
 2. export to ONNX (opset ``ExportOptions.opset``): the dynamo exporter first, the TorchScript exporter
@@ -239,9 +241,19 @@ class _ListReader:
 def quantize_int8(
     fp32_path: str | Path, int8_path: str | Path, calibration: list[dict[str, np.ndarray]]
 ) -> None:
-    """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``calibration`` feeds."""
+    """Static INT8 (QDQ, per-channel weights, uint8 activations) calibrated on ``calibration`` feeds.
+
+    The graph is first rewritten, exactly, into ops with fast onnxruntime int8 kernels
+    (``training.int8_graph``: stride-2 ConvTranspose -> phase Convs, thin convs widened). A
+    ConvTranspose left over stays fp32: the CPU provider has no int8 kernel for it, and quantising it
+    would only add a DequantizeLinear of its weights to every run.
+    """
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from training.int8_graph import subpixel_conv_transpose, widen_thin_convs
 
     if not calibration:
         raise ExportError(
@@ -254,26 +266,35 @@ def quantize_int8(
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         except Exception:  # noqa: BLE001 - pre-processing is an optimisation, not a requirement
             shutil.copyfile(fp32_path, pre)
+        model = onnx.load(str(pre))
+        if subpixel_conv_transpose(model) + widen_thin_convs(model):
+            onnx.save_model(model, str(pre), save_as_external_data=False)
         logging.disable(logging.WARNING)  # the quantiser logs a warning per bias tensor
         try:
             quantize_static(
                 str(pre), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize=sorted(set(QDQRegistry) - {"ConvTranspose"}),
             )  # fmt: skip
         finally:
             logging.disable(logging.NOTSET)
 
 
-def time_session(path: str | Path, feed: dict[str, np.ndarray], repeats: int = 5) -> float:
-    """Median seconds per run (after one warm-up)."""
-    sess = ort_session(path)
-    sess.run([OUTPUT], feed)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def time_sessions(paths: Sequence[str | Path], feed: dict[str, np.ndarray], repeats: int = 9) -> list[float]:
+    """Median seconds per run of each model, one thread, runs interleaved (after one warm-up each).
+
+    Interleaving makes the ratio fair when the machine's load changes during the measurement.
+    """
+    sessions = [ort_session(p) for p in paths]
+    for sess in sessions:
         sess.run([OUTPUT], feed)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(repeats):
+        for sess, ts in zip(sessions, times, strict=True):
+            t = time.perf_counter()
+            sess.run([OUTPUT], feed)
+            ts.append(time.perf_counter() - t)
+    return [float(np.median(ts)) for ts in times]
 
 
 # -- sizes, provenance -----------------------------------------------------------------------------
@@ -523,7 +544,7 @@ def _try_int8(fp32, int8, spec, calibration, metric, higher_is_better, options, 
     drop = (v32 - v8) if higher_is_better else (v8 - v32)  # > 0: int8 is worse
     loss = drop / max(abs(v32), 1e-12)
     feed = calibration[0]
-    t32, t8 = time_session(fp32, feed), time_session(int8, feed)
+    t32, t8 = time_sessions([fp32, int8], feed)
     keep = loss <= options.int8_max_loss
     info = {
         "metric_fp32": v32,
@@ -699,13 +720,24 @@ def run_io(loaded, net_name: str, spec, args, judge_run: str | None):
     return grid, calibration, metric, True
 
 
+def _source_card(run: str | Path) -> ModelCard | None:
+    """The card when ``run`` is a zoo model folder (re-export without the training run), else None."""
+    card_path = Path(run) / CARD_FILE
+    return ModelCard.load(card_path) if card_path.is_file() else None
+
+
 def export_run(args: argparse.Namespace) -> ExportResult:
     import dataclasses as dc
 
     from training.evaluate import command_line
-    from training.recipes import load_run, recipe_module
+    from training.recipes import load_run, load_run_from_card, recipe_module
 
-    loaded = load_run(args.run, ema=True)
+    card = _source_card(args.run)
+    if card is not None:
+        loaded = load_run_from_card(args.run, getattr(args, "onnx", None))
+        args.net = args.net or next(iter(loaded.generators))
+    else:
+        loaded = load_run(args.run, ema=True)
     if args.data and loaded.recipe != "srgan":
         loaded.config = dc.replace(loaded.config, data=str(args.data))
     specs = recipe_module(loaded.recipe).export_specs(loaded.config)
@@ -718,6 +750,10 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     net = loaded.generators[net_name].float().eval()
 
     metrics, headline, notes = [], None, [args.notes] if getattr(args, "notes", "") else []
+    if card is not None and not args.eval:  # re-export of a zoo model: its measured metrics still hold
+        metrics = [m.model_dump(mode="json") for m in card.metrics if not m.name.startswith("int8_headline")]
+        headline = card.headline_metric
+        notes = notes or [card.notes.split(" ONNX exporter:")[0].strip()]
     if args.eval:
         report = json.loads(Path(args.eval).read_text(encoding="utf-8"))
         metrics, headline = metrics_from_eval(report, net_name)
@@ -737,7 +773,9 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     )  # fmt: skip
     calibration = calib_fn() if args.int8 else None
     return export_net(
-        net, spec, name=args.name, out_root=args.out, training=training_info(loaded, spec, net_name),
+        net, spec, name=args.name, out_root=args.out,
+        training=dict(card.training.model_dump(mode="json"), commit=git_commit()) if card is not None
+        else training_info(loaded, spec, net_name),
         metrics=metrics, headline=headline, grid_rows=rows, options=options, calibration=calibration,
         int8_metric=metric_fn if args.int8 else None, int8_higher_is_better=higher_better, notes=" ".join(notes),
         command=command_line(args, "export"),
@@ -745,7 +783,14 @@ def export_run(args: argparse.Namespace) -> ExportResult:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="training run folder (with checkpoints/last.pt)")
+    parser.add_argument(
+        "run",
+        help="training run folder (with checkpoints/last.pt), or a zoo model folder to re-export from its "
+        "card and an fp32 ONNX file (--onnx) when the run is gone: the card's metrics and provenance are kept",
+    )
+    parser.add_argument(
+        "--onnx", default=None, help="with a zoo model folder: its fp32 ONNX file (default: the folder's own)"
+    )
     parser.add_argument("--name", required=True, help="model name in the zoo (lower case, digits, - and _)")
     parser.add_argument("--net", default=None, help="which net (CycleGAN: G_AB or G_BA; default: the first)")
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 For every model in the zoo (or tiny test models when the zoo is empty) it measures
 * raw ORT: p50 of one inference on the same input tensor the service would build (offline
-  throughput = requests/s of a sequential loop);
+  throughput = requests/s of a sequential loop), and the PNG decode + encode the server adds;
 * served: p50/p95 latency at concurrency 1, throughput at concurrency 4 and 16, through
   ``bentoml serve`` on 127.0.0.1 (encode/decode and HTTP included);
 * torch eager fp32 of the same generator (architecture from the card's recipe config, weights
@@ -78,6 +78,29 @@ def _raw_ort(model: LoadedModel, feeds: dict[str, np.ndarray], runs: int) -> lis
         model.run(feeds)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def _codec_ms(model: LoadedModel, side: int, n_samples: int, runs: int = 9) -> float:
+    """Median ms to decode the request's PNG and encode the answer's PNG, the server's own way."""
+    limits = imaging.Limits()
+    if model.card.task == "sample":
+        grid = imaging.make_grid(imaging.sample_images(model, 0, n_samples, 1))
+        work = lambda: imaging.encode_image(grid)  # noqa: E731
+    else:
+        data = _input_png(side)
+        img = imaging.decode_image(data, limits)
+        if model.card.task == "translate":
+            out = imaging.translate_image(model, img)
+        else:
+            out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
+        work = lambda: (imaging.decode_image(data, limits), imaging.encode_image(out))  # noqa: E731
+    work()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 def _torch_net(model: LoadedModel):
@@ -159,6 +182,13 @@ def main() -> int:
     ap.add_argument(
         "--workers", type=int, default=None, help="server worker processes (TRANSFIGURE_WORKERS; default 1)"
     )
+    ap.add_argument("--threads", type=int, default=None, help="server ORT threads (TRANSFIGURE_THREADS)")
+    ap.add_argument(
+        "--infer-concurrency",
+        type=int,
+        default=None,
+        help="inferences at once per worker (TRANSFIGURE_INFER_CONCURRENCY; default 1)",
+    )
     args = ap.parse_args()
 
     root = args.models_dir or zoo_dir()
@@ -173,8 +203,13 @@ def main() -> int:
     port = _free_port()
     env = {**os.environ, "TRANSFIGURE_MODELS_DIR": str(root), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("TRANSFIGURE_API_TOKEN", None)
-    if args.workers:
-        env["TRANSFIGURE_WORKERS"] = str(args.workers)
+    for var, value in (
+        ("TRANSFIGURE_WORKERS", args.workers),
+        ("TRANSFIGURE_THREADS", args.threads),
+        ("TRANSFIGURE_INFER_CONCURRENCY", args.infer_concurrency),
+    ):
+        if value:
+            env[var] = str(value)
     server = subprocess.Popen(
         [
             sys.executable,
@@ -218,6 +253,7 @@ def main() -> int:
             else:
                 eager = ("n/a", "n/a")
                 notes.append(f"{model.name}: no torch eager figure ({weights})")
+            codec = _codec_ms(model, args.size, args.samples)
             offline = 1000 / raw_p50
             req = _request(model, args.size, args.samples)
             lat1, _ = _served(url, req, args.requests, 1)
@@ -231,6 +267,8 @@ def main() -> int:
                     f"{_p(lat1, 50):.2f}",
                     f"{_p(lat1, 95):.2f}",
                     f"{_p(lat1, 50) / raw_p50:.2f}x",
+                    f"{codec:.2f}",
+                    f"{_p(lat1, 50) - raw_p50 - codec:.2f}",
                     f"{offline:.1f}",
                     f"{thr4:.1f}",
                     f"{thr16:.1f}",
@@ -252,6 +290,8 @@ def main() -> int:
         "served p50",
         "served p95",
         "p50 ratio",
+        "codec ms",
+        "rest ms",
         "ORT req/s",
         "c4 req/s",
         "c16 req/s",
@@ -263,7 +303,13 @@ def main() -> int:
     for r in [header, *rows]:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
     print(
-        f"inputs: {args.size}x{args.size} PNG (translate/upscale), n={args.samples} (sample); {args.requests} requests each; server workers: {args.workers or os.environ.get('TRANSFIGURE_WORKERS', 1)}"
+        f"inputs: {args.size}x{args.size} PNG (translate/upscale), n={args.samples} (sample); {args.requests} requests each; "
+        f"server: workers {env.get('TRANSFIGURE_WORKERS', 1)}, ORT threads {env.get('TRANSFIGURE_THREADS', 'CPUs / workers')}, "
+        f"inferences at once {env.get('TRANSFIGURE_INFER_CONCURRENCY', 1)}"
+    )
+    print(
+        "codec ms: decode the request PNG + encode the answer PNG in-process; rest ms: served p50 - ORT p50 - codec "
+        "(HTTP, multipart, the client on the same cores)"
     )
     for line in notes:
         print(line)

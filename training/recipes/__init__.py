@@ -123,3 +123,87 @@ def load_run(run: str | Path, ema: bool = True, map_location: str = "cpu") -> Lo
 def read_run_config(run: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run folder: {"recipe": name, "config": {...}}."""
     return json.loads((Path(run) / "config.json").read_text())
+
+
+def load_run_from_card(folder: str | Path, onnx_path: str | Path | None = None) -> LoadedRun:
+    """Rebuild a zoo model's net from its card and an fp32 ONNX file of it, when the run is gone.
+
+    The architecture comes from the card's ``training.recipe_config``; every parameter and buffer is
+    read from the ONNX initializer of the same name (the exporter keeps torch's names). A file whose
+    initializers do not name all of them (an INT8 graph, another model) is refused: the net would be
+    partly random. ``onnx_path`` defaults to the folder's own model file.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from models.card import CARD_FILE, ModelCard
+
+    folder = Path(folder)
+    card = ModelCard.load(folder / CARD_FILE)
+    saved = card.training.recipe_config
+    mod = recipe_module(saved.get("recipe", card.method))
+    config = config_from_dict(mod.Config, saved.get("config", {}))
+    nets = mod.build_generators(config)
+    name = saved.get("net") if saved.get("net") in nets else next(iter(nets))
+    net = nets[name].float()
+    path = Path(onnx_path) if onnx_path is not None else folder / card.onnx_file
+    graph = onnx.load(str(path)).graph
+    state = net.state_dict()
+    tensors = _initializers_by_torch_name(graph, state)
+    missing = [k for k in state if k not in tensors]
+    if missing:
+        raise ValueError(
+            f"{path}: {len(missing)} of {len(state)} tensors of the card's '{name}' net are not in the file "
+            f"(e.g. {missing[0]}); pass the model's fp32 ONNX export (dynamo exporter), not an INT8 one"
+        )
+    net.load_state_dict(
+        {
+            k: torch.from_numpy(numpy_helper.to_array(tensors[k]).reshape(v.shape).copy())
+            for k, v in state.items()
+        }
+    )
+    net.eval()
+    return LoadedRun(
+        recipe=saved.get("recipe", card.method),
+        config=config,
+        generators={name: net},
+        step=int(card.training.steps or 0),
+        wall_time_s=float(card.training.wall_time_s or 0.0),
+        hardware=str(card.training.hardware or "unknown"),
+        checkpoint=Path(str(saved.get("checkpoint", path))),
+        used_ema=bool(saved.get("ema_weights", False)),
+    )
+
+
+def _initializers_by_torch_name(graph, state: dict[str, Any]) -> dict[str, Any]:
+    """ONNX initializers for the torch state dict's keys: by name, else by the node's module scope.
+
+    The dynamo exporter keeps parameter names, except where it folds a reshape into a constant (a
+    PReLU slope becomes ``val_5`` of shape 1 x C x 1 x 1). Such a tensor is found through the
+    ``pkg.torch.onnx.name_scopes`` metadata of the node that reads it: the only unmatched tensor of
+    that module with the same number of elements.
+    """
+    import math
+
+    inits = {t.name: t for t in graph.initializer}
+    found = {k: inits[k] for k, v in state.items() if k in inits and tuple(inits[k].dims) == tuple(v.shape)}
+    used = {t.name for t in found.values()}
+    for node in graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = json.loads(meta.get("pkg.torch.onnx.name_scopes", "[]").replace("'", '"'))
+        except ValueError:
+            continue
+        if len(scopes) < 2:
+            continue
+        module = scopes[-2]
+        wanted = [k for k in state if k not in found and k.rsplit(".", 1)[0] == module]
+        candidates = [inits[i] for i in node.input if i in inits and i not in used]
+        for key in wanted:
+            fits = [t for t in candidates if math.prod(t.dims) == state[key].numel()]
+            if len(fits) == 1:
+                found[key] = fits[0]
+                used.add(fits[0].name)
+                candidates.remove(fits[0])
+    return found
