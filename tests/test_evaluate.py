@@ -215,6 +215,17 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     assert card.training.recipe_config["config"] == first.training.recipe_config["config"]
     assert card.metric("int8_headline_int8") is not None and card.scale == first.scale
 
-    # an INT8 file does not hold the net's fp32 tensors: refused, not rebuilt with random weights
-    assert main(["export", str(tmp_path / "b" / "sr"), "--name", "sr", "--out", str(tmp_path / "c")]) == 1
+    # an INT8 file does not hold the net's fp32 tensors: refused, not rebuilt with random weights...
+    int8_dir = tmp_path / "b" / "sr"
+    assert main(["export", str(int8_dir), "--name", "sr", "--out", str(tmp_path / "c")]) == 1
     assert "fp32 ONNX export" in capsys.readouterr().err
+    # ...unless asked to dequantize its weights: then the net computes what the INT8 graph does, up to
+    # the activations' quantisation
+    net = next(iter(load_run_from_card(int8_dir, dequantize=True).generators.values()))
+    with torch.inference_mode():
+        deq = net(x).numpy()
+    int8_out = ort_session(int8_dir / "model.onnx").run(["output"], {"image": x.numpy()})[0]
+    assert np.abs(deq - int8_out).mean() < np.abs(ours - int8_out).mean() + 0.02
+    assert np.abs(deq - ours).max() > 0  # the weights really are the rounded ones
+    again = _export(int8_dir, tmp_path / "c", "sr", *sr, "--dequantize")
+    assert "dequantized weights of an INT8 export" in again.notes and again.precision == "fp32"

@@ -734,7 +734,8 @@ def export_run(args: argparse.Namespace) -> ExportResult:
 
     card = _source_card(args.run)
     if card is not None:
-        loaded = load_run_from_card(args.run, getattr(args, "onnx", None))
+        dequantize = bool(getattr(args, "dequantize", False))
+        loaded = load_run_from_card(args.run, getattr(args, "onnx", None), dequantize=dequantize)
         args.net = args.net or next(iter(loaded.generators))
     else:
         loaded = load_run(args.run, ema=True)
@@ -754,6 +755,11 @@ def export_run(args: argparse.Namespace) -> ExportResult:
         metrics = [m.model_dump(mode="json") for m in card.metrics if not m.name.startswith("int8_headline")]
         headline = card.headline_metric
         notes = notes or [card.notes.split(" ONNX exporter:")[0].strip()]
+    if card is not None and getattr(args, "dequantize", False):
+        notes.append(
+            "Re-exported from the dequantized weights of an INT8 export (the fp32 file was not kept): "
+            "'fp32' below means those INT8-rounded weights computed in fp32."
+        )
     if args.eval:
         report = json.loads(Path(args.eval).read_text(encoding="utf-8"))
         metrics, headline = metrics_from_eval(report, net_name)
@@ -790,6 +796,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--onnx", default=None, help="with a zoo model folder: its fp32 ONNX file (default: the folder's own)"
+    )
+    parser.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="with a zoo model folder whose only ONNX file is INT8: rebuild the net from its dequantized "
+        "weights (they keep their INT8 rounding; the card says so)",
     )
     parser.add_argument("--name", required=True, help="model name in the zoo (lower case, digits, - and _)")
     parser.add_argument("--net", default=None, help="which net (CycleGAN: G_AB or G_BA; default: the first)")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 MIN_CONV_OUT = 16
+WIDENED_SUFFIX = "_widened"  # a widened tensor's name: the original's + this; its first rows are the original
 
 
 def _attrs(node) -> dict[str, Any]:
@@ -61,11 +62,14 @@ def widen_thin_convs(model, min_out: int = MIN_CONV_OUT) -> list[str]:
         cout = w.shape[0]
         base = node.name or node.output[0]
         for slot, name in enumerate(params, start=1):  # new tensors: another node may share the old ones
-            arr = numpy_helper.to_array(inits[name])
-            wide = np.zeros((min_out, *arr.shape[1:]), arr.dtype)
-            wide[:cout] = arr
-            graph.initializer.append(numpy_helper.from_array(wide, f"{base}_widened_{slot}"))
-            node.input[slot] = f"{base}_widened_{slot}"
+            wide_name = f"{name}{WIDENED_SUFFIX}"  # keeps the torch name findable (load_run_from_card)
+            if wide_name not in inits:
+                arr = numpy_helper.to_array(inits[name])
+                wide = np.zeros((min_out, *arr.shape[1:]), arr.dtype)
+                wide[:cout] = arr
+                inits[wide_name] = numpy_helper.from_array(wide, wide_name)
+                graph.initializer.append(inits[wide_name])
+            node.input[slot] = wide_name
         out = node.output[0]
         node.output[0] = f"{out}_widened"
         consts = []

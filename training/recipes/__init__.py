@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RECIPE_MODULES = {
     "cyclegan": "training.recipes.cyclegan",
     "pix2pix": "training.recipes.pix2pix",
@@ -125,17 +127,20 @@ def read_run_config(run: str | Path) -> dict[str, Any]:
     return json.loads((Path(run) / "config.json").read_text())
 
 
-def load_run_from_card(folder: str | Path, onnx_path: str | Path | None = None) -> LoadedRun:
+def load_run_from_card(
+    folder: str | Path, onnx_path: str | Path | None = None, dequantize: bool = False
+) -> LoadedRun:
     """Rebuild a zoo model's net from its card and an fp32 ONNX file of it, when the run is gone.
 
     The architecture comes from the card's ``training.recipe_config``; every parameter and buffer is
     read from the ONNX initializer of the same name (the exporter keeps torch's names). A file whose
     initializers do not name all of them (an INT8 graph, another model) is refused: the net would be
-    partly random. ``onnx_path`` defaults to the folder's own model file.
+    partly random. ``dequantize=True`` accepts an INT8 (QDQ) file and takes each weight from its
+    DequantizeLinear, i.e. the weights keep their INT8 rounding. ``onnx_path`` defaults to the
+    folder's own model file.
     """
     import onnx
     import torch
-    from onnx import numpy_helper
 
     from models.card import CARD_FILE, ModelCard
 
@@ -150,19 +155,15 @@ def load_run_from_card(folder: str | Path, onnx_path: str | Path | None = None) 
     path = Path(onnx_path) if onnx_path is not None else folder / card.onnx_file
     graph = onnx.load(str(path)).graph
     state = net.state_dict()
-    tensors = _initializers_by_torch_name(graph, state)
+    tensors = _initializers_by_torch_name(graph, state, dequantize)
     missing = [k for k in state if k not in tensors]
     if missing:
+        hint = "" if dequantize else " (or, for an INT8 file, ask to dequantize its weights)"
         raise ValueError(
             f"{path}: {len(missing)} of {len(state)} tensors of the card's '{name}' net are not in the file "
-            f"(e.g. {missing[0]}); pass the model's fp32 ONNX export (dynamo exporter), not an INT8 one"
+            f"(e.g. {missing[0]}); pass the model's fp32 ONNX export (dynamo exporter){hint}"
         )
-    net.load_state_dict(
-        {
-            k: torch.from_numpy(numpy_helper.to_array(tensors[k]).reshape(v.shape).copy())
-            for k, v in state.items()
-        }
-    )
+    net.load_state_dict({k: torch.from_numpy(tensors[k].reshape(v.shape).copy()) for k, v in state.items()})
     net.eval()
     return LoadedRun(
         recipe=saved.get("recipe", card.method),
@@ -176,8 +177,38 @@ def load_run_from_card(folder: str | Path, onnx_path: str | Path | None = None) 
     )
 
 
-def _initializers_by_torch_name(graph, state: dict[str, Any]) -> dict[str, Any]:
-    """ONNX initializers for the torch state dict's keys: by name, else by the node's module scope.
+def _constant_tensors(graph, dequantize: bool) -> dict[str, Any]:
+    """Initializers as arrays by name; with ``dequantize``, also every DequantizeLinear of initializers.
+
+    A dequantized tensor is found under the DequantizeLinear's output name and under its quantized
+    input's name less ``_quantized`` (onnxruntime's quantiser's naming: ``w_quantized`` -> ``w``).
+    """
+    from onnx import helper, numpy_helper
+
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    if not dequantize:
+        return arrays
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in arrays for i in node.input if i):
+            continue
+        q = arrays[node.input[0]].astype(np.float32)
+        scale = arrays[node.input[1]].astype(np.float32)
+        zero = arrays[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] else 0.0
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        if np.ndim(scale) == 1 and q.ndim > 1:  # per-channel along ``axis``
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+            zero = np.reshape(zero, shape) if np.ndim(zero) else zero
+        value = (q - zero) * scale
+        arrays[node.output[0]] = value
+        if node.input[0].endswith("_quantized"):
+            arrays.setdefault(node.input[0][: -len("_quantized")], value)
+    return arrays
+
+
+def _initializers_by_torch_name(graph, state: dict[str, Any], dequantize: bool = False) -> dict[str, Any]:
+    """Arrays for the torch state dict's keys from the ONNX constants: by name, else by module scope.
 
     The dynamo exporter keeps parameter names, except where it folds a reshape into a constant (a
     PReLU slope becomes ``val_5`` of shape 1 x C x 1 x 1). Such a tensor is found through the
@@ -186,9 +217,15 @@ def _initializers_by_torch_name(graph, state: dict[str, Any]) -> dict[str, Any]:
     """
     import math
 
-    inits = {t.name: t for t in graph.initializer}
-    found = {k: inits[k] for k, v in state.items() if k in inits and tuple(inits[k].dims) == tuple(v.shape)}
-    used = {t.name for t in found.values()}
+    from training.int8_graph import WIDENED_SUFFIX
+
+    arrays = _constant_tensors(graph, dequantize)
+    for name in [n for n in arrays if n.endswith(WIDENED_SUFFIX)]:  # zero rows added for int8 kernels
+        base = name[: -len(WIDENED_SUFFIX)]
+        if base not in arrays and base in state and arrays[name].shape[1:] == tuple(state[base].shape[1:]):
+            arrays[base] = arrays[name][: state[base].shape[0]]
+    found = {k: arrays[k] for k, v in state.items() if k in arrays and tuple(arrays[k].shape) == tuple(v.shape)}
+    used = {id(a) for a in found.values()}
     for node in graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         try:
@@ -199,11 +236,11 @@ def _initializers_by_torch_name(graph, state: dict[str, Any]) -> dict[str, Any]:
             continue
         module = scopes[-2]
         wanted = [k for k in state if k not in found and k.rsplit(".", 1)[0] == module]
-        candidates = [inits[i] for i in node.input if i in inits and i not in used]
+        candidates = [arrays[i] for i in node.input if i in arrays and id(arrays[i]) not in used]
         for key in wanted:
-            fits = [t for t in candidates if math.prod(t.dims) == state[key].numel()]
+            fits = [a for a in candidates if math.prod(a.shape) == state[key].numel()]
             if len(fits) == 1:
                 found[key] = fits[0]
-                used.add(fits[0].name)
-                candidates.remove(fits[0])
+                used.add(id(fits[0]))
+                candidates = [a for a in candidates if a is not fits[0]]
     return found
