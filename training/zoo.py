@@ -23,6 +23,13 @@ close to the cards', not identical ones. The quickdraw_cgan run was started as a
 learning rate, so that changes nothing. photo2monet is one straight run (3,000 steps, --upsample
 resize; an earlier 3,500-step run with the transposed-conv generator scored FID 330.6 against 294.7
 for this one).
+
+The INT8 files of the four translate models were re-exported in session 4 with the current
+quantiser (``training/int8_graph.py`` rewrites), without their runs, from the card and the fp32
+ONNX file: ``transfigure export models/NAME --onnx FP32.onnx --name NAME --int8 --int8-max-loss 0.1``
+(summer2winter and winter2summer from git 3f91b4c, photo2monet from 00a0f8f; facades_label2photo,
+which never had an fp32 file in git, with ``--dequantize``). The commands below give the same files
+from the runs.
 """
 
 from __future__ import annotations
