@@ -8,6 +8,8 @@ from a URL):
   lower the server's ``TRANSFIGURE_MAX_SIDE``.
 * ``/upscale`` — ``image`` + ``model`` (an upscale model) [+ ``format``] -> the image, ``scale`` x larger,
   computed in overlapping tiles.
+  Both answer with a ``Server-Timing`` header: decode, queue (waiting for the inference slot), infer
+  and encode, in ms.
 * ``/sample`` — ``model`` + ``label`` (class name or index) + ``n`` (1..64) [+ ``seed``, ``grid``] ->
   one PNG grid (``grid=true``, default) or JSON ``{"seed", "label", "images": [base64 PNG, ...]}``
   (``grid=false``). The seed used is returned in the ``X-Seed`` header; the same seed gives the
@@ -28,7 +30,7 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -48,7 +50,15 @@ from service import imaging
 from service.config import ServiceConfig
 from service.demo import DemoMiddleware
 from service.middleware import GuardMiddleware
-from service.zoo import LoadedModel, ModelNotFound, WrongTask, Zoo, check_cards
+from service.zoo import (
+    InferenceSlots,
+    LoadedModel,
+    ModelNotFound,
+    WrongTask,
+    Zoo,
+    check_cards,
+    resolved_threads,
+)
 
 log = logging.getLogger("bentoml.transfigure")
 T = TypeVar("T")
@@ -315,6 +325,26 @@ def _client_error(e: Exception) -> BentoMLException:
     return BentoMLException(str(e), error_code=HTTPStatus(status))
 
 
+class _StageTimer:
+    """Wall time of a request's stages, for the ``Server-Timing`` response header (W3C).
+
+    Browsers' developer tools show it, and ``tests/benchmarks/serve_bench.py`` uses it to split the
+    served latency into decode / queue (waiting for the inference slot) / infer / encode and the rest.
+    """
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.stages: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages.append((name, (now - self._last) * 1000))
+        self._last = now
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in self.stages)
+
+
 async def _in_thread(func: Callable[..., T], *args: Any) -> T:
     """Run blocking work off the event loop; our own input errors become 4xx."""
     try:
@@ -333,6 +363,7 @@ class Transfigure:
     def __init__(self) -> None:
         self.config = CONFIG
         self.ready = False
+        lanes = CONFIG.infer_concurrency or resolved_threads(CONFIG.threads, CONFIG.workers)
         try:
             self.zoo = Zoo.load(
                 CONFIG.models_dir,
@@ -340,6 +371,7 @@ class Transfigure:
                 strict=CONFIG.strict,
                 threads=CONFIG.threads,
                 workers=CONFIG.workers,
+                narrow=lanes > 1,
             )
         except CardError as e:
             log.error("refusing to start: %s (set TRANSFIGURE_STRICT=0 to start without this model)", e)
@@ -353,7 +385,7 @@ class Transfigure:
         for name, why in self.zoo.unavailable.items():
             log.warning("model '%s' unavailable: %s", name, why)
         self.zoo.warmup()
-        self._infer = threading.BoundedSemaphore(CONFIG.infer_concurrency)
+        self._infer = InferenceSlots(lanes)
         self._sample_names = self.zoo.names("sample")
         self._latent = max((self.zoo.get(n).card.latent_dim or 0 for n in self._sample_names), default=0)
         self._proxy_auth_done = False
@@ -404,14 +436,21 @@ class Transfigure:
     # -- translate / upscale -------------------------------------------------------------------
     def _translate_sync(
         self, model: LoadedModel, data: bytes, max_side: int | None, fmt: str
-    ) -> tuple[bytes, str]:
+    ) -> tuple[bytes, str, str]:
+        timer = _StageTimer()
         img = imaging.decode_image(data, self.config.limits)
         img = imaging.resize_to_max_side(img, max_side)
-        with self._infer:
+        timer.lap("decode")
+        with self._infer.slot():
+            timer.lap("queue")
             out = imaging.translate_image(model, img)
-        return imaging.encode_image(out, fmt)
+            timer.lap("infer")
+        body, media_type = imaging.encode_image(out, fmt)
+        timer.lap("encode")
+        return body, media_type, timer.header()
 
-    def _upscale_sync(self, model: LoadedModel, data: bytes, fmt: str) -> tuple[bytes, str]:
+    def _upscale_sync(self, model: LoadedModel, data: bytes, fmt: str) -> tuple[bytes, str, str]:
+        timer = _StageTimer()
         limits = self.config.limits
         img = imaging.decode_image(data, limits)
         w, h = img.size
@@ -421,9 +460,14 @@ class Transfigure:
                 f"{limits.max_upscale_pixels / 1e6:.1f} MP: downscale it or cut it into parts",
                 status_code=413,
             )
-        with self._infer:
+        timer.lap("decode")
+        with self._infer.slot():
+            timer.lap("queue")
             out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
-        return imaging.encode_image(out, fmt)
+            timer.lap("infer")
+        body, media_type = imaging.encode_image(out, fmt)
+        timer.lap("encode")
+        return body, media_type, timer.header()
 
     @bentoml.api
     async def translate(
@@ -437,16 +481,18 @@ class Transfigure:
             if max_side < 1:
                 raise InvalidArgument(f"max_side must be a positive number of pixels, got {max_side}")
             side = min(max_side, side) if side else max_side
-        body, media_type = await _in_thread(self._translate_sync, m, image.read_bytes(), side, fmt)
-        return Response(body, media_type=media_type, headers={"X-Model": m.name})  # type: ignore[return-value]
+        body, media_type, timing = await _in_thread(self._translate_sync, m, image.read_bytes(), side, fmt)
+        headers = {"X-Model": m.name, "Server-Timing": timing}
+        return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
     @bentoml.api
     async def upscale(self, image: Path, model: str = "", format: str = "png") -> ImageFile:
         """Super-resolve an image with an `upscale` model; exactly `scale` times larger out."""
         m = self._model(model, "upscale")
         fmt = self._format(format)
-        body, media_type = await _in_thread(self._upscale_sync, m, image.read_bytes(), fmt)
-        return Response(body, media_type=media_type, headers={"X-Model": m.name})  # type: ignore[return-value]
+        body, media_type, timing = await _in_thread(self._upscale_sync, m, image.read_bytes(), fmt)
+        headers = {"X-Model": m.name, "Server-Timing": timing}
+        return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
     # -- sample --------------------------------------------------------------------------------
     def _sample_rows_sync(self, rows: np.ndarray) -> np.ndarray:
@@ -461,7 +507,7 @@ class Transfigure:
                 "z": np.ascontiguousarray(rows[sel, 2 : 2 + card.latent_dim], dtype=np.float32),
                 "label": rows[sel, 1].astype(np.int64),
             }
-            with self._infer:
+            with self._infer.slot():
                 images = imaging.samples_to_uint8(model, model.run(feeds))
             groups.append((sel, images.reshape(len(sel), -1)))
         width = max(g[1].shape[1] for g in groups)
@@ -504,10 +550,11 @@ class Transfigure:
         if getattr(self, "__self_proxy__", None) is None or client is None:
             # outside a server (plain Python use): no batching, run directly
             return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
-        if self._samples_in_flight == 1:
+        if self._samples_in_flight == 1 or not self.config.sample_batching:
             # Nothing to batch with: the hop through BentoML's batcher (an HTTP request to ourselves)
             # would only add its cost (~8 ms, i.e. 2x a 16-sample draw). A request that arrives
-            # while this one runs sees two in flight and goes to the batcher.
+            # while this one runs sees two in flight and goes to the batcher. With batching off,
+            # concurrent requests run side by side in the inference lanes instead.
             return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
         if self.config.api_token and not self._proxy_auth_done:
             await self._authorize_proxy(client)

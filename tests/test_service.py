@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -111,6 +112,41 @@ def test_config_docstring_lists_every_variable() -> None:
     for mod in ("config.py", "imaging.py"):
         used |= set(re.findall(r'"(TRANSFIGURE_[A-Z_]+)"', (REPO / "service" / mod).read_text()))
     assert used <= documented, f"undocumented: {used - documented}"
+
+
+def test_sample_batching_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TRANSFIGURE_SAMPLE_BATCHING=0: /sample never takes the batcher's hop, even with others in flight."""
+
+    from service.config import ServiceConfig
+    from service.service import Transfigure
+
+    monkeypatch.setenv("TRANSFIGURE_SAMPLE_BATCHING", "0")
+    assert ServiceConfig.from_env().sample_batching is False
+    monkeypatch.setenv("TRANSFIGURE_SAMPLE_BATCHING", "1")
+    on = ServiceConfig.from_env()
+    assert on.sample_batching is True
+    monkeypatch.setenv("TRANSFIGURE_SAMPLE_BATCHING", "maybe")
+    with pytest.raises(ValueError, match="TRANSFIGURE_SAMPLE_BATCHING"):
+        ServiceConfig.from_env()
+
+    class Hop:
+        calls = 0
+
+        async def sample_batch(self, rows):
+            Hop.calls += 1
+            return rows.astype(np.uint8)
+
+    class Fake:  # the attributes _run_rows reads on the service instance inside a server
+        __self_proxy__ = object()
+        to_async = Hop()
+        _samples_in_flight = 3  # two other /sample requests are running
+        _sample_rows_sync = staticmethod(lambda rows: rows.astype(np.uint8) + 1)
+
+    rows = np.zeros((2, 4), np.float32)
+    for batching, hops, first in ((True, 1, 0), (False, 1, 1)):
+        Fake.config = dataclasses.replace(on, sample_batching=batching)
+        out = asyncio.run(Transfigure.inner._run_rows(Fake(), rows))
+        assert Hop.calls == hops and int(out[0, 0]) == first
 
 
 # -- serve CLI (no server) -----------------------------------------------------------------------
@@ -296,6 +332,10 @@ def test_translate_options_and_alpha(http: httpx.Client) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
     out = Image.open(io.BytesIO(r.content))
     assert out.mode == "RGBA" and np.asarray(out)[:, :, 3].min() < 10  # alpha carried through
+    # where the time went, as a W3C Server-Timing header: every stage, in order, non-negative ms
+    stages = [part.split(";dur=") for part in r.headers["server-timing"].split(", ")]
+    assert [name for name, _ in stages] == ["decode", "queue", "infer", "encode"]
+    assert all(float(ms) >= 0 for _, ms in stages)
     r = _post(
         http,
         "/translate",

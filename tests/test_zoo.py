@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from models.card import CardError
 from service.zoo import (
+    InferenceSlots,
     ModelNotFound,
     WrongTask,
     Zoo,
@@ -151,3 +154,108 @@ def test_empty_or_missing_zoo_loads_empty(tmp_path: Path) -> None:
     assert len(Zoo.load(tmp_path / "does-not-exist")) == 0
     with pytest.raises(ModelNotFound, match=r"available: \(none loaded\)"):
         Zoo.load(tmp_path).get("x", "sample")
+
+
+# -- inference lanes ---------------------------------------------------------------------------
+
+
+def test_a_lone_inference_runs_wide_and_queued_ones_run_narrow_side_by_side() -> None:
+    slots = InferenceSlots(2)
+    with slots.slot() as wide:
+        assert wide  # nothing else running or waiting: every thread
+    log: list[tuple[str, bool, float, float]] = []
+    release = threading.Event()
+
+    def job(name: str, hold: threading.Event | None = None) -> None:
+        with slots.slot() as w:
+            t0 = time.monotonic()
+            if hold is not None:
+                hold.wait(5)
+            else:
+                time.sleep(0.2)
+            log.append((name, w, t0, time.monotonic()))
+
+    first = threading.Thread(target=job, args=("first", release))
+    first.start()
+    time.sleep(0.1)  # "first" holds the server wide; two more requests queue behind it
+    queued = [threading.Thread(target=job, args=(n,)) for n in ("b", "c")]
+    for t in queued:
+        t.start()
+    time.sleep(0.1)
+    assert not log  # nobody overtakes a wide inference
+    release.set()
+    for t in [first, *queued]:
+        t.join(5)
+    by = {name: (w, t0, t1) for name, w, t0, t1 in log}
+    assert by["first"][0] and not by["b"][0] and not by["c"][0]
+    assert by["b"][1] >= by["first"][2] and by["c"][1] >= by["first"][2]  # after the wide one ended
+    assert by["b"][1] < by["c"][2] and by["c"][1] < by["b"][2]  # ...and side by side with each other
+
+
+def test_one_lane_is_a_plain_semaphore() -> None:
+    slots = InferenceSlots(1)
+    inside, most = [0], [0]
+    lock = threading.Lock()
+
+    def job() -> None:
+        with slots.slot() as wide:
+            assert wide
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.02)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=job) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert most[0] == 1
+
+
+def test_a_narrow_slot_runs_the_one_thread_session(zoo_dir: Path) -> None:
+    zoo = Zoo.load(zoo_dir, threads=2, narrow=True)
+    model = zoo.get("tiny-translate")
+    assert model.narrow_session is not None
+    assert model.session.get_session_options().intra_op_num_threads == 2
+    assert model.narrow_session.get_session_options().intra_op_num_threads == 1
+    used = []
+
+    class Spy:
+        def __init__(self, name: str, session) -> None:
+            self.name, self.session = name, session
+
+        def run(self, *args, **kwargs):
+            used.append(self.name)
+            return self.session.run(*args, **kwargs)
+
+    model.session, model.narrow_session = Spy("wide", model.session), Spy("narrow", model.narrow_session)
+    feeds = model.warmup_feeds()
+    slots = InferenceSlots(2)
+    with slots.slot():  # alone: wide
+        wide_out = model.run(feeds)
+    release, outs = threading.Event(), {}
+
+    def hold() -> None:
+        with slots.slot():
+            release.wait(5)
+
+    def infer(name: str) -> None:
+        with slots.slot():
+            outs[name] = model.run(feeds)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.05)
+    queued = [threading.Thread(target=infer, args=(n,)) for n in ("b", "c")]
+    for t in queued:
+        t.start()
+    time.sleep(0.05)
+    release.set()
+    for t in [holder, *queued]:
+        t.join(5)
+    assert used == ["wide", "narrow", "narrow"]
+    assert all(np.allclose(wide_out, out, atol=1e-5) for out in outs.values())
+    assert Zoo.load(zoo_dir, threads=1, narrow=True).get("tiny-translate").narrow_session is None

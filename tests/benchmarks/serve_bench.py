@@ -2,9 +2,10 @@
 
 For every model in the zoo (or tiny test models when the zoo is empty) it measures
 * raw ORT: p50 of one inference on the same input tensor the service would build (offline
-  throughput = requests/s of a sequential loop), and the PNG decode + encode the server adds;
+  throughput = requests/s of a sequential loop);
 * served: p50/p95 latency at concurrency 1, throughput at concurrency 4 and 16, through
-  ``bentoml serve`` on 127.0.0.1 (encode/decode and HTTP included);
+  ``bentoml serve`` on 127.0.0.1 (encode/decode and HTTP included), with the server's own split of
+  its time from the ``Server-Timing`` header (infer, PNG codec) and what is left (HTTP);
 * torch eager fp32 of the same generator (architecture from the card's recipe config, weights
   copied from the ONNX initializers) on the same tensor, when torch is installed;
 and prints the ratios. Targets: served p50 <= 1.15x raw ORT, throughput at c16 >= 90 % offline,
@@ -80,29 +81,6 @@ def _raw_ort(model: LoadedModel, feeds: dict[str, np.ndarray], runs: int) -> lis
     return times
 
 
-def _codec_ms(model: LoadedModel, side: int, n_samples: int, runs: int = 9) -> float:
-    """Median ms to decode the request's PNG and encode the answer's PNG, the server's own way."""
-    limits = imaging.Limits()
-    if model.card.task == "sample":
-        grid = imaging.make_grid(imaging.sample_images(model, 0, n_samples, 1))
-        work = lambda: imaging.encode_image(grid)  # noqa: E731
-    else:
-        data = _input_png(side)
-        img = imaging.decode_image(data, limits)
-        if model.card.task == "translate":
-            out = imaging.translate_image(model, img)
-        else:
-            out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
-        work = lambda: (imaging.decode_image(data, limits), imaging.encode_image(out))  # noqa: E731
-    work()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
-
-
 def _torch_net(model: LoadedModel):
     """The card's generator as a torch eager module with the ONNX file's weights, or None.
 
@@ -151,22 +129,41 @@ def _torch_eager(net, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
     return times
 
 
+def _server_timing(header: str | None) -> dict[str, float]:
+    """``Server-Timing: decode;dur=1.2, infer;dur=50.3`` -> {"decode": 1.2, "infer": 50.3} (ms)."""
+    out = {}
+    for part in (header or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            out[name] = float(dur)
+    return out
+
+
 def _served(
     url: str, req: tuple[str, dict, dict | None], total: int, concurrency: int
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, list[dict[str, float]]]:
+    """Latencies (s), throughput (req/s) and each answer's Server-Timing stages (ms)."""
     route, data, files = req
+    stages: list[dict[str, float]] = []
     with httpx.Client(base_url=url, timeout=120) as client:
         client.post(route, data=data, files=files).raise_for_status()  # warm
 
         def one(_: int) -> float:
             t0 = time.perf_counter()
-            client.post(route, data=data, files=files).raise_for_status()
+            r = client.post(route, data=data, files=files)
+            r.raise_for_status()
+            stages.append(_server_timing(r.headers.get("server-timing")))
             return time.perf_counter() - t0
 
         t0 = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             lat = list(pool.map(one, range(total)))
-        return lat, total / (time.perf_counter() - t0)
+        return lat, total / (time.perf_counter() - t0), stages
+
+
+def _median_stage(stages: list[dict[str, float]], *names: str) -> float | None:
+    sums = [sum(st[n] for n in names) for st in stages if all(n in st for n in names)]
+    return statistics.median(sums) if sums else None
 
 
 def _p(xs: list[float], q: float) -> float:
@@ -187,7 +184,12 @@ def main() -> int:
         "--infer-concurrency",
         type=int,
         default=None,
-        help="inferences at once per worker (TRANSFIGURE_INFER_CONCURRENCY; default 1)",
+        help="inferences at once per worker (TRANSFIGURE_INFER_CONCURRENCY; default: the ORT threads)",
+    )
+    ap.add_argument(
+        "--no-sample-batching",
+        action="store_true",
+        help="run /sample requests directly, not through BentoML's batcher (TRANSFIGURE_SAMPLE_BATCHING=0)",
     )
     args = ap.parse_args()
 
@@ -210,6 +212,8 @@ def main() -> int:
     ):
         if value:
             env[var] = str(value)
+    if args.no_sample_batching:
+        env["TRANSFIGURE_SAMPLE_BATCHING"] = "0"
     server = subprocess.Popen(
         [
             sys.executable,
@@ -253,12 +257,19 @@ def main() -> int:
             else:
                 eager = ("n/a", "n/a")
                 notes.append(f"{model.name}: no torch eager figure ({weights})")
-            codec = _codec_ms(model, args.size, args.samples)
             offline = 1000 / raw_p50
             req = _request(model, args.size, args.samples)
-            lat1, _ = _served(url, req, args.requests, 1)
-            _, thr4 = _served(url, req, args.requests, 4)
-            _, thr16 = _served(url, req, args.requests, 16)
+            lat1, _, stages1 = _served(url, req, args.requests, 1)
+            _, thr4, _ = _served(url, req, args.requests, 4)
+            _, thr16, _ = _served(url, req, args.requests, 16)
+            infer = _median_stage(stages1, "infer")
+            codec = _median_stage(stages1, "decode", "encode")
+            stages_ms = _median_stage(stages1, "decode", "queue", "infer", "encode")
+            in_server = (
+                (f"{infer:.2f}", f"{codec:.2f}", f"{_p(lat1, 50) - stages_ms:.2f}")
+                if infer is not None and codec is not None and stages_ms is not None
+                else ("n/a", "n/a", "n/a")
+            )
             rows.append(
                 (
                     model.name,
@@ -267,8 +278,7 @@ def main() -> int:
                     f"{_p(lat1, 50):.2f}",
                     f"{_p(lat1, 95):.2f}",
                     f"{_p(lat1, 50) / raw_p50:.2f}x",
-                    f"{codec:.2f}",
-                    f"{_p(lat1, 50) - raw_p50 - codec:.2f}",
+                    *in_server,
                     f"{offline:.1f}",
                     f"{thr4:.1f}",
                     f"{thr16:.1f}",
@@ -290,8 +300,9 @@ def main() -> int:
         "served p50",
         "served p95",
         "p50 ratio",
+        "infer ms",
         "codec ms",
-        "rest ms",
+        "HTTP ms",
         "ORT req/s",
         "c4 req/s",
         "c16 req/s",
@@ -305,11 +316,13 @@ def main() -> int:
     print(
         f"inputs: {args.size}x{args.size} PNG (translate/upscale), n={args.samples} (sample); {args.requests} requests each; "
         f"server: workers {env.get('TRANSFIGURE_WORKERS', 1)}, ORT threads {env.get('TRANSFIGURE_THREADS', 'CPUs / workers')}, "
-        f"inferences at once {env.get('TRANSFIGURE_INFER_CONCURRENCY', 1)}"
+        f"inferences at once {env.get('TRANSFIGURE_INFER_CONCURRENCY', 'ORT threads (adaptive lanes)')}, "
+        f"/sample batching {'off' if env.get('TRANSFIGURE_SAMPLE_BATCHING') == '0' else 'on'}"
     )
     print(
-        "codec ms: decode the request PNG + encode the answer PNG in-process; rest ms: served p50 - ORT p50 - codec "
-        "(HTTP, multipart, the client on the same cores)"
+        "infer / codec ms: medians at c1 of the server's own Server-Timing stages (inference incl. pre/post-"
+        "processing; PNG decode + encode); HTTP ms: served p50 - the server's stages (HTTP, multipart, "
+        "BentoML, the client on the same cores)"
     )
     for line in notes:
         print(line)

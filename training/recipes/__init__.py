@@ -224,7 +224,9 @@ def _initializers_by_torch_name(graph, state: dict[str, Any], dequantize: bool =
         base = name[: -len(WIDENED_SUFFIX)]
         if base not in arrays and base in state and arrays[name].shape[1:] == tuple(state[base].shape[1:]):
             arrays[base] = arrays[name][: state[base].shape[0]]
-    found = {k: arrays[k] for k, v in state.items() if k in arrays and tuple(arrays[k].shape) == tuple(v.shape)}
+    found = {
+        k: arrays[k] for k, v in state.items() if k in arrays and tuple(arrays[k].shape) == tuple(v.shape)
+    }
     used = {id(a) for a in found.values()}
     for node in graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
