@@ -522,8 +522,12 @@ class Transfigure:
         max_batch_size=max(CONFIG.sample_max_batch, CONFIG.max_samples),
         max_latency_ms=CONFIG.sample_max_latency_ms,
     )
-    def sample_batch(self, rows: SampleRows) -> np.ndarray:
-        """Internal (used by /sample for adaptive batching): float rows [model index, label, z...]."""
+    def sample_batch(self, rows: SampleRows) -> list[str]:
+        """Internal (used by /sample for adaptive batching): float rows [model index, label, z...].
+
+        Returns one base64 string per row: the sample's uint8 pixels, flattened. (As a JSON array of
+        numbers the answer cost more to encode and validate than the batch saved: 62 vs 115 req/s.)
+        """
         rows = np.asarray(rows, dtype=np.float32)
         n_models = len(self._sample_names)
         if not n_models:
@@ -543,7 +547,7 @@ class Transfigure:
             lab = labels[idx == i]
             if len(lab) and ((lab != np.round(lab)).any() or lab.min() < 0 or lab.max() >= n_classes):
                 raise BadInput(f"column 1 must be a class index of model '{name}'")
-        return self._sample_rows_sync(rows)
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in self._sample_rows_sync(rows)]
 
     async def _run_rows(self, rows: np.ndarray) -> np.ndarray:
         client = getattr(self, "to_async", None)
@@ -559,7 +563,8 @@ class Transfigure:
         if self.config.api_token and not self._proxy_auth_done:
             await self._authorize_proxy(client)
         try:
-            return np.asarray(await client.sample_batch(rows), dtype=np.uint8)
+            encoded = await client.sample_batch(rows)
+            return np.stack([np.frombuffer(base64.b64decode(row), np.uint8) for row in encoded])
         except aiohttp.ClientConnectionError as e:
             # The hop reuses keep-alive connections that the server may close at that very moment
             # ("Server disconnected", seen under load). Samples are pure: compute these here instead.
