@@ -525,8 +525,8 @@ class Transfigure:
     def sample_batch(self, rows: SampleRows) -> list[str]:
         """Internal (used by /sample for adaptive batching): float rows [model index, label, z...].
 
-        Returns one base64 string per row: the sample's uint8 pixels, flattened. (As a JSON array of
-        numbers the answer cost more to encode and validate than the batch saved: 62 vs 115 req/s.)
+        Returns one base64 string per row: the sample's uint8 pixels, flattened (a third of the bytes
+        of a JSON array of numbers, and no per-number validation on the way back).
         """
         rows = np.asarray(rows, dtype=np.float32)
         n_models = len(self._sample_names)
