@@ -18,6 +18,7 @@ not fully understand (groups, dilation, explicit output_shape, odd output sizes)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,18 @@ def _attrs(node) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _nodes_with_weights(graph, op_type: str, inits: dict) -> Iterator[tuple[Any, dict[str, Any], np.ndarray]]:
+    """(node, attributes, weight array) of every ``op_type`` node whose weight is an initializer.
+
+    Iterates over a snapshot, so the caller may replace the node it is given.
+    """
+    from onnx import numpy_helper
+
+    for node in list(graph.node):
+        if node.op_type == op_type and len(node.input) >= 2 and node.input[1] in inits:
+            yield node, _attrs(node), numpy_helper.to_array(inits[node.input[1]])
 
 
 def _replace_node(graph, node, new_nodes: list) -> None:
@@ -50,11 +63,8 @@ def widen_thin_convs(model, min_out: int = MIN_CONV_OUT) -> list[str]:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     widened = []
-    for node in list(graph.node):
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        if _attrs(node).get("group", 1) != 1 or w.shape[0] >= min_out:
+    for node, attrs, w in _nodes_with_weights(graph, "Conv", inits):
+        if attrs.get("group", 1) != 1 or w.shape[0] >= min_out:
             continue
         params = [node.input[1]] + ([node.input[2]] if len(node.input) > 2 and node.input[2] else [])
         if any(p not in inits for p in params):
@@ -107,11 +117,7 @@ def subpixel_conv_transpose(model) -> list[str]:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     rewritten = []
-    for node in list(graph.node):
-        if node.op_type != "ConvTranspose" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        a = _attrs(node)
-        w = numpy_helper.to_array(inits[node.input[1]])  # C_in x C_out x kH x kW
+    for node, a, w in _nodes_with_weights(graph, "ConvTranspose", inits):  # w: C_in x C_out x kH x kW
         if w.ndim != 4 or a.get("group", 1) != 1 or "output_shape" in a:
             continue
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
