@@ -159,6 +159,13 @@ def test_empty_or_missing_zoo_loads_empty(tmp_path: Path) -> None:
 # -- inference lanes ---------------------------------------------------------------------------
 
 
+def _until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
 def test_a_lone_inference_runs_wide_and_queued_ones_run_narrow_side_by_side() -> None:
     slots = InferenceSlots(2)
     with slots.slot() as wide:
@@ -177,11 +184,12 @@ def test_a_lone_inference_runs_wide_and_queued_ones_run_narrow_side_by_side() ->
 
     first = threading.Thread(target=job, args=("first", release))
     first.start()
-    time.sleep(0.1)  # "first" holds the server wide; two more requests queue behind it
+    _until(lambda: slots._running == 1)  # "first" holds the server wide; two more requests queue
     queued = [threading.Thread(target=job, args=(n,)) for n in ("b", "c")]
     for t in queued:
         t.start()
-    time.sleep(0.1)
+    _until(lambda: slots._waiting == 2)
+    time.sleep(0.05)
     assert not log  # nobody overtakes a wide inference
     release.set()
     for t in [first, *queued]:
@@ -242,17 +250,20 @@ def test_a_narrow_slot_runs_the_one_thread_session(zoo_dir: Path) -> None:
         with slots.slot():
             release.wait(5)
 
+    both_inside = threading.Barrier(2, timeout=5)
+
     def infer(name: str) -> None:
         with slots.slot():
             outs[name] = model.run(feeds)
+            both_inside.wait()  # the two queued inferences overlap: each one is narrow
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.05)
+    _until(lambda: slots._running == 1)
     queued = [threading.Thread(target=infer, args=(n,)) for n in ("b", "c")]
     for t in queued:
         t.start()
-    time.sleep(0.05)
+    _until(lambda: slots._waiting == 2)
     release.set()
     for t in [holder, *queued]:
         t.join(5)
