@@ -403,9 +403,9 @@ def test_concurrent_samples_are_batched(server: str, http: httpx.Client) -> None
     # each request's bytes depend only on its seed, whatever it was batched with
     assert results[3].content == _post(http, "/sample", model="tiny-sample", n=8, seed=3).content
     s1, c1 = metric()
-    assert (
-        s1 - s0 >= 36
-    )  # most requests went through the batcher (one arriving at an idle server runs directly)...
+    # most requests went through the batcher (one that finds no other /sample in flight runs
+    # directly; measured 45 of 49)...
+    assert s1 - s0 >= 24
     assert c1 - c0 < s1 - s0  # ...and some batches held more than one request
     # a request alone in the server skips the batcher's HTTP hop: nothing to batch it with
     for seed in range(3):
