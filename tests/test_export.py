@@ -262,6 +262,25 @@ def test_int8_graph_has_int8_upsampling_and_a_widened_head(tmp_path: Path) -> No
     assert got.shape == want.shape and np.abs(got - want).mean() < 0.1
 
 
+def test_an_int8_file_gives_back_every_weight_of_the_net(tmp_path: Path) -> None:
+    """Dequantizing the INT8 graph recovers each torch tensor, the split transposed kernels included."""
+    from training.recipes import onnx_tensors_for
+
+    net = TinyTranslator().eval()
+    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(3)
+    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    state = net.state_dict()
+    found = onnx_tensors_for(tmp_path / "int8.onnx", state, dequantize=True)
+    assert set(found) == set(state)
+    for key, value in state.items():
+        want = value.numpy()
+        step = np.abs(want).max() / 127  # per-channel int8: at most half a step off (biases: finer)
+        assert found[key].shape == want.shape and np.abs(found[key] - want).max() <= step, key
+    assert onnx_tensors_for(tmp_path / "int8.onnx", state).keys() < state.keys()  # not without dequantize
+
+
 def test_int8_keeps_a_conv_transpose_it_cannot_rewrite_in_fp32(tmp_path: Path) -> None:
     import onnx
 

@@ -18,12 +18,14 @@ not fully understand (groups, dilation, explicit output_shape, odd output sizes)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 MIN_CONV_OUT = 16
+SUBPIXEL_KEY = "transfigure.subpixel_conv_transpose"  # metadata: the rewritten kernels' layouts
 WIDENED_SUFFIX = "_widened"  # a widened tensor's name: the original's + this; its first rows are the original
 
 
@@ -116,7 +118,7 @@ def subpixel_conv_transpose(model) -> list[str]:
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    rewritten = []
+    rewritten, layouts = [], []
     for node, a, w in _nodes_with_weights(graph, "ConvTranspose", inits):  # w: C_in x C_out x kH x kW
         if w.ndim != 4 or a.get("group", 1) != 1 or "output_shape" in a:
             continue
@@ -149,7 +151,7 @@ def subpixel_conv_transpose(model) -> list[str]:
                 iy = [ry + py - 2 * d for d in ty]
                 ix = [rx + px - 2 * d for d in tx]
                 kernel = w[:, :, iy][:, :, :, ix].transpose(1, 0, 2, 3)  # C_out x C_in x len(ty) x len(tx)
-                wname = f"{base}_phase{ry}{rx}_weight"
+                wname = phase_weight_name(node.input[1], ry, rx)
                 graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(kernel), wname))
                 inputs = [node.input[0], wname] + ([bias] if bias else [])
                 out = f"{base}_phase{ry}{rx}"
@@ -176,5 +178,44 @@ def subpixel_conv_transpose(model) -> list[str]:
         )
         _replace_node(graph, node, new_nodes)
         rewritten.append(node.name)
+        layouts.append({"weight": node.input[1], "shape": list(w.shape), "pads": [py, px]})
     _drop_unused_initializers(graph)  # the transposed kernels now live in the phase convs
+    if layouts:  # how to put the kernels back together (training.recipes.load_run_from_card)
+        entry = next((p for p in model.metadata_props if p.key == SUBPIXEL_KEY), None)
+        if entry is None:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = SUBPIXEL_KEY, "[]"
+        entry.value = json.dumps(json.loads(entry.value) + layouts)
     return rewritten
+
+
+def phase_weight_name(weight: str, ry: int, rx: int) -> str:
+    return f"{weight}_phase{ry}{rx}"
+
+
+def merge_phase_weights(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Undo ``subpixel_conv_transpose`` on weight arrays: add each transposed kernel under its name.
+
+    ``arrays`` holds the phase kernels by name (possibly widened by ``widen_thin_convs``);
+    ``metadata`` is the model's metadata_props. Every tap belongs to exactly one phase, so the kernel
+    is recovered exactly (up to the phase kernels' own rounding in an INT8 file).
+    """
+    for layout in json.loads(metadata.get(SUBPIXEL_KEY, "[]")):
+        c_in, c_out, kh, kw = layout["shape"]
+        py, px = layout["pads"]
+        kernel = np.zeros((c_in, c_out, kh, kw), np.float32)
+        complete = True
+        for ry in (0, 1):
+            for rx in (0, 1):
+                name = phase_weight_name(layout["weight"], ry, rx)
+                phase = arrays.get(name)
+                if phase is None and f"{name}{WIDENED_SUFFIX}" in arrays:
+                    phase = arrays[f"{name}{WIDENED_SUFFIX}"][:c_out]
+                if phase is None:
+                    complete = False
+                    continue
+                iy = [ry + py - 2 * d for d in _phase_taps(kh, py, ry)]
+                ix = [rx + px - 2 * d for d in _phase_taps(kw, px, rx)]
+                kernel[np.ix_(range(c_in), range(c_out), iy, ix)] = phase.transpose(1, 0, 2, 3)
+        if complete:
+            arrays.setdefault(layout["weight"], kernel)

@@ -84,35 +84,28 @@ def _raw_ort(model: LoadedModel, feeds: dict[str, np.ndarray], runs: int) -> lis
 def _torch_net(model: LoadedModel):
     """The card's generator as a torch eager module with the ONNX file's weights, or None.
 
-    The architecture comes from the card's recipe config; parameters and buffers are copied from the
-    ONNX initializers by name. When not every tensor can be matched (an exporter that renamed them),
-    the net keeps its random init and the label says so: eager timing does not depend on the values.
+    The architecture comes from the card's recipe config; weights from the ONNX file's initializers
+    (an INT8 file's dequantized ones) via ``training.recipes``. When not every tensor can be matched
+    (e.g. a folded batch norm), the net keeps its random init and the label says so: eager timing
+    does not depend on the values.
     """
     try:
-        import onnx
         import torch
-        from onnx import numpy_helper
 
-        from training.recipes import config_from_dict, recipe_module
+        from training.recipes import net_from_card, onnx_tensors_for
     except ImportError:
         return None, "torch not installed"
-    mod = recipe_module(model.card.method)
     try:
-        saved = model.card.training.recipe_config  # {"recipe", "net", "config": {...}, ...}
-        config = config_from_dict(mod.Config, saved.get("config", saved))
-        nets = mod.build_generators(config)
-        net = (nets[saved["net"]] if saved.get("net") in nets else next(iter(nets.values()))).float().eval()
+        _, _, net = net_from_card(model.card)
     except (ValueError, TypeError, KeyError) as e:  # e.g. the tiny test models' minimal configs
         return None, f"cannot rebuild the net from the card: {e}"
-    graph = onnx.load(str(model.path)).graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    net = net.eval()
     state = net.state_dict()
-    matched = {k: torch.from_numpy(inits[k].copy()) for k, v in state.items()
-               if k in inits and tuple(inits[k].shape) == tuple(v.shape)}  # fmt: skip
-    if len(matched) == len(state):
-        net.load_state_dict(matched)
-        return net, "same weights"
-    return net, f"architecture only ({len(matched)}/{len(state)} tensors matched)"
+    found = onnx_tensors_for(model.path, state, dequantize=model.card.precision == "int8")
+    if len(found) == len(state):
+        net.load_state_dict({k: torch.from_numpy(found[k].reshape(v.shape).copy()) for k, v in state.items()})
+        return net, "same weights" + (" (dequantized)" if model.card.precision == "int8" else "")
+    return net, f"architecture only ({len(found)}/{len(state)} tensors matched)"
 
 
 def _torch_eager(net, feeds: dict[str, np.ndarray], runs: int) -> list[float]:

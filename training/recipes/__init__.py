@@ -139,7 +139,6 @@ def load_run_from_card(
     DequantizeLinear, i.e. the weights keep their INT8 rounding. ``onnx_path`` defaults to the
     folder's own model file.
     """
-    import onnx
     import torch
 
     from models.card import CARD_FILE, ModelCard
@@ -147,15 +146,10 @@ def load_run_from_card(
     folder = Path(folder)
     card = ModelCard.load(folder / CARD_FILE)
     saved = card.training.recipe_config
-    mod = recipe_module(saved.get("recipe", card.method))
-    config = config_from_dict(mod.Config, saved.get("config", {}))
-    nets = mod.build_generators(config)
-    name = saved.get("net") if saved.get("net") in nets else next(iter(nets))
-    net = nets[name].float()
+    config, name, net = net_from_card(card)
     path = Path(onnx_path) if onnx_path is not None else folder / card.onnx_file
-    graph = onnx.load(str(path)).graph
     state = net.state_dict()
-    tensors = _initializers_by_torch_name(graph, state, dequantize)
+    tensors = onnx_tensors_for(path, state, dequantize)
     missing = [k for k in state if k not in tensors]
     if missing:
         hint = "" if dequantize else " (or, for an INT8 file, ask to dequantize its weights)"
@@ -175,6 +169,27 @@ def load_run_from_card(
         checkpoint=Path(str(saved.get("checkpoint", path))),
         used_ema=bool(saved.get("ema_weights", False)),
     )
+
+
+def net_from_card(card) -> tuple[Any, str, Any]:
+    """(config, net name, fp32 net with its initial weights) from a card's ``training.recipe_config``."""
+    saved = card.training.recipe_config
+    mod = recipe_module(saved.get("recipe", card.method))
+    config = config_from_dict(mod.Config, saved.get("config", saved))
+    nets = mod.build_generators(config)
+    name = saved.get("net") if saved.get("net") in nets else next(iter(nets))
+    return config, name, nets[name].float()
+
+
+def onnx_tensors_for(
+    onnx_path: str | Path, state: dict[str, Any], dequantize: bool = False
+) -> dict[str, Any]:
+    """The arrays of ``onnx_path`` that hold the torch ``state`` dict's tensors, by key (maybe not all)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    metadata = {p.key: p.value for p in model.metadata_props}
+    return _initializers_by_torch_name(model.graph, state, dequantize, metadata)
 
 
 def _constant_tensors(graph, dequantize: bool) -> dict[str, Any]:
@@ -207,7 +222,9 @@ def _constant_tensors(graph, dequantize: bool) -> dict[str, Any]:
     return arrays
 
 
-def _initializers_by_torch_name(graph, state: dict[str, Any], dequantize: bool = False) -> dict[str, Any]:
+def _initializers_by_torch_name(
+    graph, state: dict[str, Any], dequantize: bool = False, metadata: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Arrays for the torch state dict's keys from the ONNX constants: by name, else by module scope.
 
     The dynamo exporter keeps parameter names, except where it folds a reshape into a constant (a
@@ -217,9 +234,10 @@ def _initializers_by_torch_name(graph, state: dict[str, Any], dequantize: bool =
     """
     import math
 
-    from training.int8_graph import WIDENED_SUFFIX
+    from training.int8_graph import WIDENED_SUFFIX, merge_phase_weights
 
     arrays = _constant_tensors(graph, dequantize)
+    merge_phase_weights(arrays, metadata or {})  # ConvTranspose kernels split for INT8, put back
     for name in [n for n in arrays if n.endswith(WIDENED_SUFFIX)]:  # zero rows added for int8 kernels
         base = name[: -len(WIDENED_SUFFIX)]
         if base not in arrays and base in state and arrays[name].shape[1:] == tuple(state[base].shape[1:]):
