@@ -229,3 +229,10 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     assert np.abs(deq - ours).max() > 0  # the weights really are the rounded ones
     again = _export(int8_dir, tmp_path / "c", "sr", *sr, "--dequantize")
     assert "dequantized weights of an INT8 export" in again.notes and again.precision == "fp32"
+    twice = _export(tmp_path / "c" / "sr", tmp_path / "d", "sr", *sr, "--dequantize")
+    assert twice.notes.count("dequantized weights of an INT8 export") == 1
+    # --dequantize belongs to zoo folders; on a training run it is refused, not ignored
+    assert (
+        main(["export", str(runs["srgan"]), "--name", "x", "--out", str(tmp_path / "e"), "--dequantize"]) == 1
+    )
+    assert "--dequantize needs a zoo model folder" in capsys.readouterr().err

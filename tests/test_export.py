@@ -243,22 +243,28 @@ def test_int8_graph_rewrites_are_exact_in_fp32(tmp_path: Path, kernel, pad, out_
     assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
 
 
+def _tiny_int8(tmp_path: Path, seed: int) -> tuple[nn.Module, Path, Path]:
+    """TinyTranslator, its fp32 ONNX file and its INT8 file (calibrated on 4 random images)."""
+    net = TinyTranslator().eval()
+    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(seed)
+    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    return net, fp32, tmp_path / "int8.onnx"
+
+
 def test_int8_graph_has_int8_upsampling_and_a_widened_head(tmp_path: Path) -> None:
     import onnx
 
-    net = TinyTranslator().eval()
-    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
-    rng = np.random.default_rng(1)
-    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
-    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
-    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    _, fp32, int8 = _tiny_int8(tmp_path, seed=1)
+    graph = onnx.load(str(int8)).graph
     ops = [n.op_type for n in graph.node]
     assert "ConvTranspose" not in ops and "DepthToSpace" in ops and "Slice" in ops
     made_by = {o: n.op_type for n in graph.node for o in n.output}
     conv_weights = [made_by.get(n.input[1]) for n in graph.node if n.op_type == "Conv"]
     assert conv_weights and all(w == "DequantizeLinear" for w in conv_weights)  # every conv is int8
-    x = rng.uniform(-1, 1, (2, 3, 36, 40)).astype(np.float32)
-    want, got = _run(fp32, x), _run(tmp_path / "int8.onnx", x)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 36, 40)).astype(np.float32)
+    want, got = _run(fp32, x), _run(int8, x)
     assert got.shape == want.shape and np.abs(got - want).mean() < 0.1
 
 
@@ -266,19 +272,17 @@ def test_an_int8_file_gives_back_every_weight_of_the_net(tmp_path: Path) -> None
     """Dequantizing the INT8 graph recovers each torch tensor, the split transposed kernels included."""
     from training.recipes import onnx_tensors_for
 
-    net = TinyTranslator().eval()
-    fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
-    rng = np.random.default_rng(3)
-    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
-    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    net, _, int8 = _tiny_int8(tmp_path, seed=3)
     state = net.state_dict()
-    found = onnx_tensors_for(tmp_path / "int8.onnx", state, dequantize=True)
+    found = onnx_tensors_for(int8, state, dequantize=True)
     assert set(found) == set(state)
     for key, value in state.items():
         want = value.numpy()
-        step = np.abs(want).max() / 127  # per-channel int8: at most half a step off (biases: finer)
+        # per-channel int8 rounds each weight by at most half its channel's step, and no channel's
+        # step exceeds the tensor's max / 127 (biases are quantised on a finer scale)
+        step = np.abs(want).max() / 127
         assert found[key].shape == want.shape and np.abs(found[key] - want).max() <= step, key
-    assert onnx_tensors_for(tmp_path / "int8.onnx", state).keys() < state.keys()  # not without dequantize
+    assert onnx_tensors_for(int8, state).keys() < state.keys()  # not without dequantize
 
 
 def test_int8_keeps_a_conv_transpose_it_cannot_rewrite_in_fp32(tmp_path: Path) -> None:

@@ -735,6 +735,8 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     from training.recipes import load_run, load_run_from_card, recipe_module
 
     card = _source_card(args.run)
+    if card is None and getattr(args, "dequantize", False):
+        raise ExportError(f"{args.run}: --dequantize needs a zoo model folder (with {CARD_FILE}), not a run")
     if card is not None:
         dequantize = bool(getattr(args, "dequantize", False))
         loaded = load_run_from_card(args.run, getattr(args, "onnx", None), dequantize=dequantize)
@@ -757,11 +759,12 @@ def export_run(args: argparse.Namespace) -> ExportResult:
         metrics = [m.model_dump(mode="json") for m in card.metrics if not m.name.startswith("int8_headline")]
         headline = card.headline_metric
         notes = notes or [card.notes.split(" ONNX exporter:")[0].strip()]
-    if card is not None and getattr(args, "dequantize", False):
-        notes.append(
-            "Re-exported from the dequantized weights of an INT8 export (the fp32 file was not kept): "
-            "'fp32' below means those INT8-rounded weights computed in fp32."
-        )
+    dequantized_note = (
+        "Re-exported from the dequantized weights of an INT8 export (the fp32 file was not kept): "
+        "'fp32' below means those INT8-rounded weights computed in fp32."
+    )
+    if card is not None and getattr(args, "dequantize", False) and dequantized_note not in " ".join(notes):
+        notes.append(dequantized_note)  # once, also when a re-exported card is re-exported again
     if args.eval:
         report = json.loads(Path(args.eval).read_text(encoding="utf-8"))
         metrics, headline = metrics_from_eval(report, net_name)

@@ -228,9 +228,10 @@ def _initializers_by_torch_name(
     """Arrays for the torch state dict's keys from the ONNX constants: by name, else by module scope.
 
     The dynamo exporter keeps parameter names, except where it folds a reshape into a constant (a
-    PReLU slope becomes ``val_5`` of shape 1 x C x 1 x 1). Such a tensor is found through the
-    ``pkg.torch.onnx.name_scopes`` metadata of the node that reads it: the only unmatched tensor of
-    that module with the same number of elements.
+    PReLU slope becomes ``val_5`` of shape 1 x C x 1 x 1), stores identical constants once, or drops
+    an all-zero conv bias (a zero bias is then what the file computes). A renamed
+    tensor is found through the ``pkg.torch.onnx.name_scopes`` metadata of the node that reads it:
+    the only tensor of that node with the same number of elements not already taken by the module.
     """
     import math
 
@@ -245,7 +246,6 @@ def _initializers_by_torch_name(
     found = {
         k: arrays[k] for k, v in state.items() if k in arrays and tuple(arrays[k].shape) == tuple(v.shape)
     }
-    used = {id(a) for a in found.values()}
     for node in graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         try:
@@ -255,12 +255,22 @@ def _initializers_by_torch_name(
         if len(scopes) < 2:
             continue
         module = scopes[-2]
-        wanted = [k for k in state if k not in found and k.rsplit(".", 1)[0] == module]
-        candidates = [arrays[i] for i in node.input if i in arrays and id(arrays[i]) not in used]
+        siblings = [k for k in state if k.rsplit(".", 1)[0] == module]
+        wanted = [k for k in siblings if k not in found]
+        # a tensor the module already uses for another key is not a candidate; one that another
+        # module uses is (the exporter stores identical constants once, e.g. two all-zero biases)
+        taken = {id(found[k]) for k in siblings if k in found}
+        candidates = [arrays[i] for i in node.input if i in arrays and id(arrays[i]) not in taken]
         for key in wanted:
             fits = [a for a in candidates if math.prod(a.shape) == state[key].numel()]
             if len(fits) == 1:
                 found[key] = fits[0]
-                used.add(id(fits[0]))
                 candidates = [a for a in candidates if a is not fits[0]]
+        bias = f"{module}.bias"
+        if (
+            bias in wanted
+            and node.op_type in ("Conv", "ConvTranspose")
+            and (len(node.input) < 3 or not node.input[2])
+        ):
+            found[bias] = np.zeros(tuple(state[bias].shape), np.float32)  # an all-zero bias is dropped
     return found
