@@ -54,7 +54,11 @@ class InputSpec(ImageSpec):
     """The input image contract of translate / upscale models."""
 
     multiple_of: int = Field(ge=1, description="H and W must be a multiple of this (the service pads)")
-    native_size: int = Field(ge=1, description="the crop size the model was trained on")
+    native_size: int = Field(
+        ge=1,
+        description="the crop the model was trained on; for a resolution-free translator (multiple_of 1) "
+        "the side of the low-resolution copy its network sees",
+    )
 
 
 class TrainingInfo(_Strict):

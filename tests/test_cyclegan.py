@@ -124,3 +124,37 @@ def test_contract_and_config_errors(fixtures_dir: Path) -> None:
         Config(gan_loss="least-squares")
     with pytest.raises(ConfigError, match="multiple of 4"):
         Config(crop_size=30)
+
+
+def test_guided_generator_trains_at_full_size_and_exports_resolution_free(
+    fixtures_dir: Path, tmp_path: Path, small_torch
+) -> None:
+    """--generator guided: the net runs at --low-size, the losses at the full crop, D at --d-size;
+    an untrained generator is the identity; the exported card takes any size."""
+    out = tmp_path / "guided"
+    args = ["--generator", "guided", "--size", "48", "--low-size", "16", "--d-size", "32", "--ngf", "8",
+            "--ndf", "8", "--blocks", "1", "--n-layers-d", "2", "--num-workers", "0", "--precision", "fp32"]  # fmt: skip
+    cfg = tiny(fixtures_dir, generator="guided", crop_size=48, low_size=16, d_size=32, n_blocks=1)
+    recipe = CycleGAN(cfg, Runtime.create("cpu", "fp32"))
+    batch = next(recipe.batches(0))
+    with torch.no_grad():  # identity before any step, at the training crop and at another size
+        assert torch.equal(recipe.nets["G_AB"](batch["A"]), batch["A"])
+        x = torch.rand(1, 3, 50, 70) * 2 - 1
+        assert torch.equal(recipe.nets["G_BA"](x), x)
+    metrics = recipe.train_step(batch, 0)
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert main(["train", "cyclegan", "--data", str(fixtures_dir / "yosemite"), *args, "--steps", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    run = load_run(out)
+    assert run.config.generator == "guided" and run.generators["G_AB"].multiple_of == 1
+    spec = export_specs(run.config)["G_AB"]
+    assert (spec.multiple_of, spec.native_size) == (1, 16)
+    assert (
+        main(["export", str(out), "--name", "s2w", "--net", "G_AB", "--out", str(tmp_path / "models")]) == 0
+    )
+    card = (tmp_path / "models" / "s2w" / "card.json").read_text()
+    assert '"multiple_of": 1' in card and "GuidedTranslator" in card
+    with pytest.raises(ConfigError, match="low-size"):
+        Config(generator="guided", low_size=30)
+    with pytest.raises(ConfigError, match="generator"):
+        Config(generator="unet")

@@ -106,9 +106,10 @@ def _bar_sharper_than(reference_eval: Path, factor: float = 1.25) -> BarCheck:
 
 
 def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | None = None,
-             judge_share: float | None = None) -> BarCheck:  # fmt: skip
+             judge_share: float | None = None, max_identity_ratio: float | None = None) -> BarCheck:  # fmt: skip
     """FID at most ``max_fid``, or at least ``below_identity`` (a fraction) under the identity FID,
-    and the domain judge's target share at least ``judge_share``."""
+    or at most ``max_identity_ratio`` x the identity FID, and the domain judge's target share at
+    least ``judge_share``."""
 
     def check(m: Metrics) -> tuple[bool, str]:
         fid, ident = m.get(f"fid_{tag}", float("nan")), m.get(f"fid_identity_{tag}", float("nan"))
@@ -121,6 +122,13 @@ def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | Non
             ok &= fid <= limit
             want = f"{below_identity:.0%} below" if below_identity else "below"
             parts.append(f"FID {want} the identity baseline ({limit:.1f}); measured {fid:.1f}")
+        if max_identity_ratio is not None:
+            limit = ident * max_identity_ratio
+            ok &= fid <= limit
+            parts.append(
+                f"FID <= {max_identity_ratio:g} x the identity baseline ({limit:.1f}); measured {fid:.1f} "
+                f"({fid / ident:.2f} x)"
+            )
         if judge_share is not None:
             share = m.get(f"judge_target_share_{tag}", float("nan"))
             ok &= share >= judge_share
@@ -174,6 +182,37 @@ def write_sr_comparison(models: Path, hr_dir: Path, names: tuple[str, ...] = ("s
         rows.append([im[top : top + crop, left : left + crop] for im in [*outs, hr]])
     out = models / names[-1] / "compare.png"
     out.write_bytes(grid_png(rows, cell=192))
+    return out
+
+
+def write_before_after(model_dir: Path, photos: list[Path], out: Path) -> Path:
+    """A before/after figure: the photos at their own size (top row) and the model's output for each
+    (bottom row), run through the model folder's ONNX file as shipped, written as a JPEG."""
+    import io
+
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+
+    from models.card import ModelCard
+    from training.export import grid_png
+    from training.quality import load_rgb_array
+
+    card = ModelCard.load(model_dir)
+    lo, hi = card.input.range
+    olo, ohi = card.output.range
+    sess = ort.InferenceSession(str(model_dir / card.onnx_file), providers=["CPUExecutionProvider"])
+    before, after = [], []
+    for f in photos:
+        rgb = load_rgb_array(f)
+        x = (rgb.astype(np.float32) / 255 * (hi - lo) + lo).transpose(2, 0, 1)[None]
+        y = sess.run(None, {sess.get_inputs()[0].name: x})[0][0].transpose(1, 2, 0)
+        before.append(rgb)
+        after.append((np.clip((y - olo) / (ohi - olo), 0, 1) * 255).round().astype(np.uint8))
+    cell = max(im.shape[0] for im in before)
+    png = grid_png([before, after], max_bytes=1 << 30, cell=cell)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(io.BytesIO(png)).convert("RGB").save(out, format="JPEG", quality=92)
     return out
 
 

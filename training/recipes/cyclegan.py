@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training.data import UnpairedImageFolder
@@ -35,11 +36,13 @@ from training.loop import (
 )
 from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss, resolve_gan_loss
 from training.networks import NORMS, PatchDiscriminator, ResnetGenerator
+from training.networks.guided import GuidedTranslator
 from training.networks.resnet import UPSAMPLING
 from training.pool import ImagePool
 from training.recipes import ExportSpec
 
 NAME = "cyclegan"
+GENERATORS = ("resnet", "guided")
 
 
 @dataclass
@@ -60,6 +63,27 @@ class Config(TrainConfig):
         default=None, metadata={"help": "resize before cropping (None: crop * 286/256)"}
     )
     flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    generator: str = field(
+        default="resnet",
+        metadata={
+            "help": "resnet: the paper's full-resolution ResNet generator; guided: the ResNet on a "
+            "low_size copy, carried to full resolution by a guided filter (identity when untrained, "
+            "any input size in near-constant time)",
+            "choices": GENERATORS,
+        },
+    )
+    low_size: int = field(default=128, metadata={"help": "guided: side of the network's low-resolution copy"})
+    gf_radius: int = field(
+        default=1, metadata={"help": "guided: box radius of the guided filter (low-res px)"}
+    )
+    gf_eps: float = field(default=1e-3, metadata={"help": "guided: guided-filter regulariser"})
+    detail: bool = field(
+        default=False, metadata={"help": "guided: also add the change the local linear model cannot express"}
+    )
+    d_size: int | None = field(
+        default=None,
+        metadata={"help": "discriminators see images resized to this side (None: the training crop)"},
+    )
     ngf: int = field(default=64, metadata={"help": "generator width"})
     n_blocks: int = field(default=9, metadata={"help": "ResNet blocks (9 for 256 px, 6 for 128 px)"})
     upsample: str = field(
@@ -99,14 +123,25 @@ class Config(TrainConfig):
             raise ConfigError(str(e)) from None
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm '{self.norm}': choose one of {', '.join(NORMS)}")
-        if self.crop_size % 2**ResnetGenerator.n_downsampling:
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"unknown generator '{self.generator}': choose one of {', '.join(GENERATORS)}")
+        if self.generator == "guided" and (self.low_size % 4 or self.low_size < 8):
+            raise ConfigError(f"--low-size {self.low_size}: must be a multiple of 4, at least 8")
+        if self.d_size is not None and self.d_size < 16:
+            raise ConfigError(f"--d-size {self.d_size}: the PatchGAN needs at least 16 px")
+        if self.generator == "resnet" and self.crop_size % 2**ResnetGenerator.n_downsampling:
             raise ConfigError(f"--size {self.crop_size}: the ResNet generator needs a multiple of 4")
         if bool(self.a_dir) != bool(self.b_dir):
             raise ConfigError("give both --a-dir and --b-dir, or neither")
 
 
 def build_generators(config: Config) -> dict[str, nn.Module]:
-    def gen() -> ResnetGenerator:
+    def gen() -> nn.Module:
+        if config.generator == "guided":
+            return GuidedTranslator(
+                config.low_size, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm,
+                radius=config.gf_radius, eps=config.gf_eps, detail=config.detail, upsample=config.upsample,
+            )  # fmt: skip
         return ResnetGenerator(
             3, 3, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm, upsample=config.upsample
         )
@@ -167,6 +202,7 @@ def dataset_info(config: Config) -> dict[str, Any]:
 
 def export_specs(config: Config) -> dict[str, ExportSpec]:
     a, b = domain_names(config)
+    guided = config.generator == "guided"
     common = {
         "task": "translate",
         "method": NAME,
@@ -174,8 +210,8 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
         "output_range": (-1.0, 1.0),
         "input_channels": 3,
         "input_range": (-1.0, 1.0),
-        "multiple_of": 2**ResnetGenerator.n_downsampling,
-        "native_size": config.crop_size,
+        "multiple_of": 1 if guided else 2**ResnetGenerator.n_downsampling,
+        "native_size": config.low_size if guided else config.crop_size,
         "dataset": dataset_info(config),
     }
     return {
@@ -221,9 +257,16 @@ class CycleGAN:
         )
 
     # -- one step -------------------------------------------------------------------------------
+    def _d_view(self, x: Tensor) -> Tensor:
+        """What the discriminators see: the image, or an antialiased copy at ``d_size``."""
+        s = self.cfg.d_size
+        if s is None or x.shape[-1] == s and x.shape[-2] == s:
+            return x
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+
     def _g_adv(self, disc: nn.Module, fake: Tensor, real: Tensor) -> Tensor:
-        real_logits = disc(real).detach() if self.gan.needs_real_for_g else None
-        return self.gan.g_loss(disc(fake), real_logits)
+        real_logits = disc(self._d_view(real)).detach() if self.gan.needs_real_for_g else None
+        return self.gan.g_loss(disc(self._d_view(fake)), real_logits)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         cfg, rt, n = self.cfg, self.rt, self.nets
@@ -253,7 +296,9 @@ class CycleGAN:
 
         # Discriminators: real vs. a mix of current and past fakes (the pool).
         _requires_grad([d_a, d_b], True)
-        pooled_b, pooled_a = self.pool_B.query(fake_b.float()), self.pool_A.query(fake_a.float())
+        pooled_b = self._d_view(self.pool_B.query(fake_b.float()))
+        pooled_a = self._d_view(self.pool_A.query(fake_a.float()))
+        real_a, real_b = self._d_view(real_a), self._d_view(real_b)
         with rt.autocast():
             loss_d_b = self.gan.d_loss(d_b(real_b), d_b(pooled_b))
             loss_d_a = self.gan.d_loss(d_a(real_a), d_a(pooled_a))

@@ -1,0 +1,130 @@
+"""The resolution-free translator: identity when untrained, consistent across sizes, one ONNX graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.networks.guided import GuidedTranslator, box_filter, guided_filter_coefficients
+
+FIXTURE_PHOTO = Path(__file__).parent / "fixtures" / "yosemite" / "trainA"
+
+
+def _photo(h: int, w: int) -> torch.Tensor:
+    """A real photo from the fixtures, resized to h x w, in [-1, 1]."""
+    from PIL import Image
+
+    path = sorted(FIXTURE_PHOTO.iterdir())[0]
+    img = Image.open(path).convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
+    return x.permute(2, 0, 1).unsqueeze(0)
+
+
+def _trained_like(seed: int = 0, std: float = 0.05, **kwargs) -> GuidedTranslator:
+    """A translator whose change is not zero: every weight random, as after some training."""
+    torch.manual_seed(seed)
+    net = GuidedTranslator(low_size=kwargs.pop("low_size", 32), ngf=8, n_blocks=2, **kwargs).eval()
+    with torch.no_grad():
+        head = net.net.model[-2]
+        head.weight.normal_(0.0, std)
+        head.bias.normal_(0.0, std)
+    return net
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (37, 53), (256, 256), (300, 200)])
+def test_an_untrained_translator_returns_its_input(hw: tuple[int, int]) -> None:
+    net = GuidedTranslator(low_size=32, ngf=8, n_blocks=2).eval()
+    x = torch.rand(2, 3, *hw) * 2 - 1
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == x.shape
+    # exact: the zero change gives a = b = 0, so out = x + 0 * x + 0
+    assert torch.equal(y, x)
+
+
+def test_a_trained_translator_changes_the_image_and_stays_in_range() -> None:
+    net = _trained_like()
+    x = _photo(96, 128)
+    with torch.no_grad():
+        y = net(x)
+    assert (y - x).abs().mean() > 0.01
+    assert y.min() >= -1.0 and y.max() <= 1.0
+
+
+def test_output_at_two_resolutions_agrees_after_resizing() -> None:
+    """The same photo at 256 and 1024 px: the 1024 output, resized to 256 (antialiased), differs
+    from the 256 output by < 1 % of the range (mean absolute difference), while the change
+    itself is several times larger."""
+    net = _trained_like(low_size=64, std=0.01)
+    small, large = _photo(256, 256), _photo(1024, 1024)
+    with torch.no_grad():
+        y_small, y_large = net(small), net(large)
+    down = F.interpolate(y_large, size=(256, 256), mode="bilinear", antialias=True, align_corners=False)
+    ref = F.interpolate(large, size=(256, 256), mode="bilinear", antialias=True, align_corners=False)
+    gap = ((down - ref) - (y_small - small)).abs().mean().item() / 2  # [0, 1] units, change vs change
+    change = (y_small - small).abs().mean().item() / 2
+    assert change > 0.02
+    assert gap < 0.01
+    assert gap < change / 5
+
+
+def test_guided_filter_reproduces_a_locally_linear_target() -> None:
+    torch.manual_seed(0)
+    guide = torch.rand(1, 3, 40, 40)
+    target = 0.5 * guide - 0.2  # linear in the guide everywhere: the filter must recover it
+    a, b = guided_filter_coefficients(guide, target, radius=2, eps=1e-8)
+    torch.testing.assert_close(a * guide + b, target, atol=1e-3, rtol=0)
+    # the box filter is a mean over clipped windows: a constant stays constant up to the border
+    torch.testing.assert_close(box_filter(torch.ones(1, 1, 5, 7), 2), torch.ones(1, 1, 5, 7))
+
+
+def test_edges_of_the_full_resolution_input_survive() -> None:
+    """A sharp vertical edge at full resolution stays sharp: the low-resolution coefficients are
+    smooth, but the output is linear in the full-resolution input within each window."""
+    net = _trained_like(low_size=32, std=0.01)
+    x = torch.full((1, 3, 512, 512), -0.6)
+    x[..., 257:] = 0.6  # an edge between columns 256 and 257
+    with torch.no_grad():
+        y = net(x)
+    step = (y[..., 257] - y[..., 256]).abs().mean().item()
+    neighbours = (y[..., 256] - y[..., 255]).abs().mean().item() + (
+        y[..., 258] - y[..., 257]
+    ).abs().mean().item()
+    assert step > 0.5  # still an edge of most of its original height (1.2)
+    assert neighbours < step / 10
+
+
+def test_bad_settings_and_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="multiple of 4"):
+        GuidedTranslator(low_size=30)
+    with pytest.raises(ValueError, match="eps"):
+        GuidedTranslator(eps=0)
+    with pytest.raises(ValueError, match="N x 3 x H x W"):
+        GuidedTranslator(low_size=16, ngf=4, n_blocks=1)(torch.rand(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize("detail", [False, True], ids=["plain", "detail"])
+def test_onnx_graph_matches_torch_at_several_sizes(tmp_path: Path, detail: bool) -> None:
+    """The whole graph, low-resolution copy and full-resolution step included, in onnxruntime:
+    square, non-square and larger-than-traced sizes, and batch 2."""
+    ort = pytest.importorskip("onnxruntime")
+    from training.export import export_onnx
+    from training.recipes import ExportSpec
+
+    net = _trained_like(low_size=32, detail=detail)
+    spec = ExportSpec(task="translate", method="cyclegan", description="t", output_channels=3,
+                      input_channels=3, input_range=(-1.0, 1.0), multiple_of=1, native_size=32)  # fmt: skip
+    path = tmp_path / "g.onnx"
+    export_onnx(net, spec, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 64, 64), (2, 3, 75, 130), (1, 3, 333, 250)]:
+        x = _photo(*shape[2:]).expand(shape[0], -1, -1, -1).contiguous()
+        (out,) = sess.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            ref = net(x).numpy()
+        assert out.shape == shape
+        np.testing.assert_allclose(out, ref, atol=1e-4)

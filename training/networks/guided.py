@@ -1,0 +1,118 @@
+"""A resolution-free translator: a CNN on a low-resolution copy, a guided filter to full resolution.
+
+The design follows the Fast End-to-End Trainable Guided Filter (Wu et al., CVPR 2018): the network
+runs on a fixed ``low_size`` x ``low_size`` copy of the image and predicts a *change* (a residual);
+a guided filter (He et al., TPAMI 2013) fits, in every small window of the low-resolution copy, a
+per-channel linear model ``change = a * image + b``; the coefficient maps ``a`` and ``b`` are
+smooth, so they are resized to the full resolution and applied to the full-resolution image:
+
+    out = x + A * x + B,    A, B = bilinear_resize(guided_filter(low(x), net(low(x))))
+
+* **Identity by construction.** The network's last layer starts at zero, so the change is zero,
+  ``a = b = 0`` and an untrained translator returns its input exactly. Training can only learn a
+  change: it never has to learn to reproduce the photo.
+* **Any resolution, near-constant time.** The CNN always sees ``low_size`` pixels a side; what
+  grows with the photo is one resize of the input, two resizes of the coefficient maps and a
+  multiply-add per pixel. Edges follow the full-resolution input because the change is linear in
+  it within each window.
+* **One ONNX graph.** The low-resolution copy (antialiased resize), the CNN, the box filters and the
+  full-resolution step are all plain ops, so the exported file takes and returns the full image.
+
+The low-resolution copy is square whatever the aspect ratio: the coefficients are resized back to
+the input's own shape, so a 4:3 photo's coefficients are stretched, not its output. Optional
+``detail``: the part of the network's change that the local linear model cannot express
+(textures, brush strokes) is added on top, resized bilinearly from the low resolution.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from training.networks.resnet import ResnetGenerator
+
+
+def box_filter(x: Tensor, radius: int) -> Tensor:
+    """Mean over a (2r+1)^2 window, windows clipped at the border (no padding counted)."""
+    k = 2 * radius + 1
+    return F.avg_pool2d(x, k, stride=1, padding=radius, count_include_pad=False)
+
+
+def guided_filter_coefficients(
+    guide: Tensor, target: Tensor, radius: int, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Per-channel guided filter (He et al.): ``a``, ``b`` with ``target ~ a * guide + b`` in every
+    window, averaged over the windows covering each pixel. ``guide`` and ``target`` are N x C x H x W."""
+    mean_i, mean_t = box_filter(guide, radius), box_filter(target, radius)
+    cov = box_filter(guide * target, radius) - mean_i * mean_t
+    var = box_filter(guide * guide, radius) - mean_i * mean_i
+    a = cov / (var.clamp_min(0.0) + eps)
+    b = mean_t - a * mean_i
+    return box_filter(a, radius), box_filter(b, radius)
+
+
+class GuidedTranslator(nn.Module):
+    """Translate an image of any size: ResNet change at ``low_size``, guided filter to full size.
+
+    Input and output are N x 3 x H x W in [-1, 1]; any H, W >= 1 (``multiple_of`` is 1)."""
+
+    multiple_of = 1
+
+    def __init__(
+        self,
+        low_size: int = 128,
+        ngf: int = 32,
+        n_blocks: int = 6,
+        norm: str = "instance",
+        radius: int = 1,
+        eps: float = 1e-3,
+        detail: bool = False,
+        upsample: str = "resize",
+    ) -> None:
+        super().__init__()
+        if low_size % 4 or low_size < 8:
+            raise ValueError(f"low_size must be a multiple of 4 and at least 8, got {low_size}")
+        if radius < 1 or eps <= 0:
+            raise ValueError(f"need radius >= 1 and eps > 0, got radius={radius}, eps={eps}")
+        self.low_size, self.radius, self.eps, self.detail = low_size, radius, float(eps), detail
+        self.config = {"low_size": low_size, "ngf": ngf, "n_blocks": n_blocks, "norm": norm,
+                       "radius": radius, "eps": float(eps), "detail": detail, "upsample": upsample}  # fmt: skip
+        self.net = ResnetGenerator(3, 3, ngf=ngf, n_blocks=n_blocks, norm=norm, upsample=upsample)
+        head = self.net.model[-2]  # the last 7x7 conv; its tanh is dropped: the change is unbounded
+        self.net.model[-1] = nn.Identity()
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+
+    def low(self, x: Tensor) -> Tensor:
+        """The network's view: an antialiased square copy of ``x`` at ``low_size``."""
+        s = self.low_size
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+
+    def change(self, lo: Tensor) -> Tensor:
+        """The network's predicted change at low resolution (zero for an untrained translator)."""
+        return self.net(lo)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
+        size = x.shape[-2:]
+        lo = self.low(x)
+        delta = self.change(lo)
+        a, b = guided_filter_coefficients(lo, delta, self.radius, self.eps)
+        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        out = x + up(a) * x + up(b)
+        if self.detail:
+            out = out + up(delta - (a * lo + b))
+        return out.clamp(-1.0, 1.0)
+
+    @property
+    def architecture(self) -> str:
+        c = self.config
+        extra = ", detail" if c["detail"] else ""
+        return (
+            f"GuidedTranslator(low_size={c['low_size']}, ResNet ngf={c['ngf']}, blocks={c['n_blocks']}, "
+            f"norm={c['norm']}, guided filter r={c['radius']} eps={c['eps']:g}{extra})"
+        )
+
+
+__all__ = ["GuidedTranslator", "box_filter", "guided_filter_coefficients"]
