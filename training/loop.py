@@ -324,10 +324,18 @@ class EMA:
         self.decay = decay
         self.module = copy.deepcopy(net).eval().requires_grad_(False)
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay used after optimisation step ``step`` (0-based): ``min(decay, (1 + step) /
+        (10 + step))``, so that the average forgets the initial weights within the first few
+        hundred steps instead of keeping ``decay ** steps`` of them (a third after 1,000 steps at
+        0.999); ``None``: the configured decay."""
+        return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
+    def update(self, net: nn.Module, step: int | None = None) -> None:
+        decay = self.decay_at(step)
         for ema_p, p in zip(self.module.parameters(), net.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+            ema_p.lerp_(p.detach(), 1.0 - decay)
         for ema_b, b in zip(self.module.buffers(), net.buffers(), strict=True):
             ema_b.copy_(b)
 
@@ -715,7 +723,7 @@ def train(
             while step < last_step and not stop.requested:
                 metrics = recipe.train_step(next(stream), step)
                 for g, e in ema.items():
-                    e.update(recipe.nets[g])
+                    e.update(recipe.nets[g], step)
                 for sch in recipe.schedulers.values():
                     sch.step()
                 step += 1

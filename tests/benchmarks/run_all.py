@@ -17,8 +17,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "serve": ["serve_bench.py"],  # served latency/throughput vs raw onnxruntime, per zoo model
+    "fullres": ["fullres_bench.py"],  # guided translator at 1024 px and 12 MP vs the shipped zoo; memory
     "load": ["load_bench.py", "--duration", "20"],  # capacity, then 1x and 2x of it; RSS over time
-    "train": ["train_speed.py", "--steps", "3", "--warmup", "1"],  # CycleGAN it/s, reference vs compact
+    "train": ["train_speed.py", "--steps", "3", "--warmup", "1"],  # CycleGAN it/s, ResNet vs guided
+    "sizes": ["translate_sizes.py"],  # translate models in onnxruntime at 256², 1024², 4000x3000
 }
 
 
