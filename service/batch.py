@@ -43,9 +43,11 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,11 +56,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from models import card_paths, zoo_dir
 from models.card import IMAGE_INPUT, LABEL_INPUT, Z_INPUT, CardError
 from service.imaging import (
     FORMATS,
+    INPUT_FORMATS,
     MIN_TRANSLATE_SIDE,
     DecodedImage,
     ImageError,
@@ -85,6 +89,11 @@ PART_SUFFIX = ".part"
 EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 # Files in a batch job are not uploads: allow bigger files than the HTTP limit, but still bounded.
 BATCH_MAX_BYTES = 256 * 1024 * 1024
+# Images are translated at their own resolution, so memory is bounded in pixels: images of one size
+# share an inference only up to BATCH_MAX_PIXELS (12-MP photos run one at a time), and the images
+# decoded ahead of the running one hold at most WINDOW_MAX_PIXELS per window (declared sizes).
+BATCH_MAX_PIXELS = 1 << 20
+WINDOW_MAX_PIXELS = 48_000_000
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TERMINATED = 0, 1, 2, 143
 
@@ -441,6 +450,34 @@ def _seed(item: Item) -> int:
     return item.seed
 
 
+def _declared_pixels(item: Item) -> int:
+    """Width x height from the file's header (0 if unreadable: loading it reports the problem)."""
+    try:
+        if item.source is None or not stat.S_ISREG(item.source.stat().st_mode):
+            return 0  # e.g. a FIFO: opening it would block this thread, not an I/O thread
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(item.source, formats=INPUT_FORMATS) as im:  # reads the header only
+                return im.width * im.height
+    except Exception:  # noqa: BLE001 - any failure is reported when the item is loaded
+        return 0
+
+
+def _windows(items: list[Item], max_items: int, max_pixels: int) -> Iterator[list[Item]]:
+    """Consecutive runs of at most ``max_items`` items and ``max_pixels`` declared pixels (at least one)."""
+    window: list[Item] = []
+    pixels = 0
+    for item in items:
+        n = _declared_pixels(item)
+        if window and (len(window) >= max_items or pixels + n > max_pixels):
+            yield window
+            window, pixels = [], 0
+        window.append(item)
+        pixels += n
+    if window:
+        yield window
+
+
 def _error_text(e: BaseException) -> str:
     # ImageError messages are written for users; anything else gets its type so a log reader can search it
     return str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
@@ -534,8 +571,8 @@ class ShardRunner:
     def _run_images(self, items: list[Item], on_done: Callable[[Outcome], None]) -> list[Outcome]:
         opts = self.opts
         outcomes: list[Outcome] = []
-        # A window of a few batches is decoded ahead while the current one runs; within a window,
-        # images of the same size share an inference.
+        # A window of a few batches (and at most WINDOW_MAX_PIXELS) is decoded ahead while the current
+        # one runs; within a window, images of the same size share an inference.
         window = max(1, opts.batch_size * 4)
         with ThreadPoolExecutor(opts.io_threads, thread_name_prefix="io") as pool:
 
@@ -543,10 +580,10 @@ class ShardRunner:
                 return [(it, time.perf_counter(), pool.submit(_load, it, opts)) for it in chunk]
 
             pending: list[Future[Outcome]] = []
-            chunks = [items[i : i + window] for i in range(0, len(items), window)]
-            ahead = submit(chunks[0]) if chunks else []
-            for k in range(len(chunks)):
-                current, ahead = ahead, (submit(chunks[k + 1]) if k + 1 < len(chunks) else [])
+            windows = _windows(items, window, WINDOW_MAX_PIXELS)
+            ahead = submit(next(windows, []))
+            while ahead:
+                current, ahead = ahead, submit(next(windows, []))
                 if self.stop.is_set():
                     for _, _, fut in ahead:
                         fut.cancel()
@@ -564,11 +601,10 @@ class ShardRunner:
                         on_done(outcomes[-1])
                         continue
                     groups[img.rgb.shape[:2]].append((it, img, t0))
-                batches = [
-                    g[i : i + opts.batch_size]
-                    for g in groups.values()
-                    for i in range(0, len(g), opts.batch_size)
-                ]
+                batches = []
+                for (h, w), g in groups.items():
+                    n = max(1, min(opts.batch_size, BATCH_MAX_PIXELS // (h * w)))
+                    batches += [g[i : i + n] for i in range(0, len(g), n)]
                 for b in batches:
                     pending += self._infer_and_save(pool, b, outcomes, on_done)
                 pending = self._drain(pending, outcomes, on_done, keep=2 * opts.batch_size)
@@ -662,7 +698,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-side",
         type=int,
         default=None,
-        help="translate: downscale so the longer side is at most this; 0 keeps the size (default: $TRANSFIGURE_MAX_SIDE or 1024, as the service)",
+        help="translate: downscale so the longer side is at most this first; 0 keeps the size "
+        "(default: $TRANSFIGURE_MAX_SIDE, else 0: images are translated at their own resolution, as the service does)",
     )
     p.add_argument(
         "--max-bytes",

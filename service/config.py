@@ -12,8 +12,9 @@
 | `TRANSFIGURE_MAX_CONCURRENCY` | `64` | requests in flight per service before 503 (BentoML `traffic.max_concurrency`) |
 | `TRANSFIGURE_MAX_BODY_BYTES` | `MAX_BYTES + 1 MiB` | request body limit; larger bodies get 413 before they are read |
 | `TRANSFIGURE_MAX_BYTES` | `20971520` (20 MiB) | encoded image upload limit (413) |
-| `TRANSFIGURE_MAX_PIXELS` | `40000000` | decoded pixel limit, checked from the header before decoding (decompression bombs) |
-| `TRANSFIGURE_MAX_SIDE` | `1024` | `/translate`: default downscale so the longer side is at most this (`0` = never) |
+| `TRANSFIGURE_MAX_PIXELS` | `40000000` | decoded pixel limit per image, checked from the header before decoding (decompression bombs); 413 above it |
+| `TRANSFIGURE_MAX_PIXELS_IN_FLIGHT` | `MAX_PIXELS` | pixels of the `/translate` and `/upscale` inputs a worker works on at once (decode to encode); a request that would pass it while others run gets 503 with Retry-After (a request alone is always admitted), so memory stays that of about one largest image (`service/admission.py`) |
+| `TRANSFIGURE_MAX_SIDE` | `0` (never) | `/translate`: downscale so the longer side is at most this; by default images are translated at their own resolution |
 | `TRANSFIGURE_MIN_SIDE` | `1` | images with a side shorter than this are refused |
 | `TRANSFIGURE_MAX_ASPECT` | `32` | longer/shorter side above this is refused |
 | `TRANSFIGURE_MAX_UPSCALE_PIXELS` | `4000000` | `/upscale` input pixel limit (the output is scale² larger) |
@@ -73,6 +74,7 @@ class ServiceConfig:
     timeout_s: int = 60
     max_concurrency: int = 64
     max_body_bytes: int = 0  # 0: limits.max_bytes + 1 MiB
+    max_pixels_in_flight: int = 0  # 0: limits.max_pixels (service.admission.PixelBudget)
     max_samples: int = 64
     sample_batching: bool = True
     sample_max_batch: int = 256
@@ -83,6 +85,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if not self.max_body_bytes:
             self.max_body_bytes = self.limits.max_bytes + (1 << 20)  # multipart framing + form fields
+        if not self.max_pixels_in_flight:
+            self.max_pixels_in_flight = self.limits.max_pixels
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -98,6 +102,7 @@ class ServiceConfig:
             timeout_s=_int("TRANSFIGURE_TIMEOUT", 60, minimum=1),
             max_concurrency=_int("TRANSFIGURE_MAX_CONCURRENCY", 64, minimum=1),
             max_body_bytes=_int("TRANSFIGURE_MAX_BODY_BYTES", 0),
+            max_pixels_in_flight=_int("TRANSFIGURE_MAX_PIXELS_IN_FLIGHT", 0),
             max_samples=_int("TRANSFIGURE_MAX_SAMPLES", 64, minimum=1),
             sample_batching=_bool("TRANSFIGURE_SAMPLE_BATCHING", True),
             sample_max_batch=_int("TRANSFIGURE_SAMPLE_MAX_BATCH", 256, minimum=2),

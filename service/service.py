@@ -4,10 +4,16 @@ Endpoints (all POST, multipart/form-data or JSON; images are file uploads and ar
 from a URL):
 
 * ``/translate`` — ``image`` + ``model`` (a translate model) [+ ``max_side``, ``format`` png|jpeg|webp]
-  -> the translated image, the size of the (possibly downscaled) input. ``max_side`` can only
-  lower the server's ``TRANSFIGURE_MAX_SIDE``.
+  -> the translated image at the input's own size: a 12-MP photo comes back at 12 MP. ``max_side``
+  is an opt-in downscale of the input first (it can only lower ``TRANSFIGURE_MAX_SIDE``, which is
+  off by default). Inputs are bounded instead by ``TRANSFIGURE_MAX_BYTES`` (413),
+  ``TRANSFIGURE_MAX_PIXELS`` (40 MP, 413) and ``TRANSFIGURE_MAX_ASPECT`` (400), and a worker by
+  ``TRANSFIGURE_MAX_PIXELS_IN_FLIGHT`` (503 with Retry-After while it is full).
 * ``/upscale`` — ``image`` + ``model`` (an upscale model) [+ ``format``] -> the image, ``scale`` x larger,
-  computed in overlapping tiles.
+  computed in overlapping tiles (input at most ``TRANSFIGURE_MAX_UPSCALE_PIXELS``).
+  Both answer in ``format`` when it is given, else in the format the ``Accept`` header asks for
+  (``image/jpeg``, ``image/webp``; ``*/*``, none or another type: PNG), with its Content-Type and
+  ``Vary: Accept``; JPEG or WebP answers of large images encode several times faster than PNG.
   Both answer with a ``Server-Timing`` header: decode, queue (waiting for the inference slot), infer
   and encode, in ms.
 * ``/sample`` — ``model`` + ``label`` (class name or index) + ``n`` (1..64) [+ ``seed``, ``grid``] ->
@@ -47,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 
 from models.card import CardError
 from service import imaging
+from service.admission import PixelBudget, ServerBusy
 from service.config import ServiceConfig
 from service.demo import DemoMiddleware
 from service.middleware import GuardMiddleware
@@ -66,6 +73,9 @@ T = TypeVar("T")
 CONFIG = ServiceConfig.from_env()
 ImageFile = Annotated[Path, ContentType("image/*")]
 MAX_NAME_CHARS = 256  # model and label names longer than this are refused without being echoed
+# A translate input larger than this runs alone on every ORT thread (InferenceSlots, exclusive): its
+# inference holds memory in proportion to its pixels, so two large ones side by side would double it.
+EXCLUSIVE_ABOVE_PIXELS = 512 * 512
 
 
 def _sample_rows(rows: Any) -> np.ndarray:
@@ -318,6 +328,16 @@ def _preflight() -> None:
 _preflight()
 
 
+def effective_max_side(configured: int | None, requested: int | None) -> int | None:
+    """The downscale a /translate request gets: none unless asked for, by the request's ``max_side``
+    or the server's ``TRANSFIGURE_MAX_SIDE``; a request can lower the server's, never raise it."""
+    if requested is None:
+        return configured
+    if requested < 1:
+        raise InvalidArgument(f"max_side must be a positive number of pixels, got {requested}")
+    return min(requested, configured) if configured else requested
+
+
 def _client_error(e: Exception) -> BentoMLException:
     status = getattr(e, "status_code", 400)
     if status == 400:
@@ -353,6 +373,17 @@ async def _in_thread(func: Callable[..., T], *args: Any) -> T:
         raise _client_error(e) from None
 
 
+def _busy(e: ServerBusy, ctx: bentoml.Context) -> Response:
+    """503 with the reason and Retry-After (BentoML would hide a 5xx exception's message).
+
+    BentoML sets the status of an answer from ``ctx`` when the API takes one, so it is set there too.
+    """
+    ctx.response.status_code = 503
+    return JSONResponse(
+        {"error": str(e)}, status_code=503, headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)}
+    )
+
+
 @bentoml.service(
     name="transfigure",
     workers=CONFIG.workers,
@@ -386,6 +417,7 @@ class Transfigure:
             log.warning("model '%s' unavailable: %s", name, why)
         self.zoo.warmup()
         self._infer = InferenceSlots(lanes)
+        self._pixels = PixelBudget(CONFIG.max_pixels_in_flight)
         self._sample_names = self.zoo.names("sample")
         self._latent = max((self.zoo.get(n).card.latent_dim or 0 for n in self._sample_names), default=0)
         self._proxy_auth_done = False
@@ -417,7 +449,10 @@ class Transfigure:
             raise InvalidArgument(str(e)) from None
 
     @staticmethod
-    def _format(fmt: str) -> str:
+    def _format(fmt: str, ctx: bentoml.Context) -> str:
+        """The answer's format: the ``format`` field when given, else what ``Accept`` asks for."""
+        if not fmt.strip():
+            return imaging.format_from_accept(ctx.request.headers.get("accept"))
         try:
             return imaging.normalize_format(fmt)
         except imaging.ImageError as e:
@@ -438,60 +473,84 @@ class Transfigure:
         self, model: LoadedModel, data: bytes, max_side: int | None, fmt: str
     ) -> tuple[bytes, str, str]:
         timer = _StageTimer()
-        img = imaging.decode_image(data, self.config.limits)
-        img = imaging.resize_to_max_side(img, max_side)
-        timer.lap("decode")
-        with self._infer.slot():
-            timer.lap("queue")
-            out = imaging.translate_image(model, img)
-            timer.lap("infer")
-        body, media_type = imaging.encode_image(out, fmt)
-        timer.lap("encode")
+        limits = self.config.limits
+        w, h = imaging.peek_size(data, limits)  # 4xx for a bad or oversized file, before any memory is held
+        with self._pixels.hold(w * h):
+            img = imaging.decode_image(data, limits)
+            img = imaging.resize_to_max_side(img, max_side)
+            timer.lap("decode")
+            pixels = img.rgb.shape[0] * img.rgb.shape[1]
+            with self._infer.slot(exclusive=pixels > EXCLUSIVE_ABOVE_PIXELS):
+                timer.lap("queue")
+                out = imaging.translate_image(model, img)
+                timer.lap("infer")
+            del img
+            body, media_type = imaging.encode_image(out, fmt)
+            timer.lap("encode")
         return body, media_type, timer.header()
 
     def _upscale_sync(self, model: LoadedModel, data: bytes, fmt: str) -> tuple[bytes, str, str]:
         timer = _StageTimer()
         limits = self.config.limits
-        img = imaging.decode_image(data, limits)
-        w, h = img.size
+        w, h = imaging.peek_size(data, limits)
         if w * h > limits.max_upscale_pixels:
             raise imaging.ImageError(
                 f"image is {w}x{h} ({w * h / 1e6:.1f} MP); /upscale takes at most "
                 f"{limits.max_upscale_pixels / 1e6:.1f} MP: downscale it or cut it into parts",
                 status_code=413,
             )
-        timer.lap("decode")
-        with self._infer.slot():
-            timer.lap("queue")
-            out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
-            timer.lap("infer")
-        body, media_type = imaging.encode_image(out, fmt)
-        timer.lap("encode")
+        with self._pixels.hold(w * h):
+            img = imaging.decode_image(data, limits)
+            timer.lap("decode")
+            with self._infer.slot():
+                timer.lap("queue")
+                out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
+                timer.lap("infer")
+            del img
+            body, media_type = imaging.encode_image(out, fmt)
+            timer.lap("encode")
         return body, media_type, timer.header()
 
     @bentoml.api
     async def translate(
-        self, image: Path, model: str = "", max_side: int | None = None, format: str = "png"
+        self,
+        image: Path,
+        ctx: bentoml.Context,
+        model: str = "",
+        max_side: int | None = None,
+        format: str = "",
     ) -> ImageFile:
-        """Translate an image with a `translate` model; same size out (after the max_side downscale)."""
+        """Translate an image with a `translate` model at its own size (max_side: opt-in downscale first).
+
+        `format` png | jpeg | webp; when left out, the `Accept` header decides (PNG by default).
+        """
         m = self._model(model, "translate")
-        fmt = self._format(format)
-        side = self.config.limits.max_side
-        if max_side is not None:
-            if max_side < 1:
-                raise InvalidArgument(f"max_side must be a positive number of pixels, got {max_side}")
-            side = min(max_side, side) if side else max_side
-        body, media_type, timing = await _in_thread(self._translate_sync, m, image.read_bytes(), side, fmt)
-        headers = {"X-Model": m.name, "Server-Timing": timing}
+        fmt = self._format(format, ctx)
+        side = effective_max_side(self.config.limits.max_side, max_side)
+        try:
+            body, media_type, timing = await _in_thread(
+                self._translate_sync, m, image.read_bytes(), side, fmt
+            )
+        except ServerBusy as e:
+            return _busy(e, ctx)  # type: ignore[return-value]
+        headers = {"X-Model": m.name, "Server-Timing": timing, "Vary": "Accept"}
         return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
     @bentoml.api
-    async def upscale(self, image: Path, model: str = "", format: str = "png") -> ImageFile:
-        """Super-resolve an image with an `upscale` model; exactly `scale` times larger out."""
+    async def upscale(
+        self, image: Path, ctx: bentoml.Context, model: str = "", format: str = ""
+    ) -> ImageFile:
+        """Super-resolve an image with an `upscale` model; exactly `scale` times larger out.
+
+        `format` png | jpeg | webp; when left out, the `Accept` header decides (PNG by default).
+        """
         m = self._model(model, "upscale")
-        fmt = self._format(format)
-        body, media_type, timing = await _in_thread(self._upscale_sync, m, image.read_bytes(), fmt)
-        headers = {"X-Model": m.name, "Server-Timing": timing}
+        fmt = self._format(format, ctx)
+        try:
+            body, media_type, timing = await _in_thread(self._upscale_sync, m, image.read_bytes(), fmt)
+        except ServerBusy as e:
+            return _busy(e, ctx)  # type: ignore[return-value]
+        headers = {"X-Model": m.name, "Server-Timing": timing, "Vary": "Accept"}
         return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
     # -- sample --------------------------------------------------------------------------------

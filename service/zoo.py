@@ -118,6 +118,10 @@ class InferenceSlots:
     decides when a request gets to run: *wide* (the model's full session, every permit) if nothing
     runs and nobody else waits, else *narrow* (its one-thread session, one of ``lanes`` permits).
     ``lanes=1`` is the plain one-at-a-time semaphore.
+
+    ``slot(exclusive=True)`` (a large image) waits until nothing runs, runs wide and alone, and holds
+    back requests that arrive while it waits: a large inference holds memory in proportion to its
+    pixels, so at most one such working set is in memory at a time.
     """
 
     def __init__(self, lanes: int) -> None:
@@ -126,17 +130,27 @@ class InferenceSlots:
         self._running = 0
         self._wide = False
         self._waiting = 0
+        self._exclusive_waiting = 0
+
+    def _may_start(self, exclusive: bool) -> bool:
+        if self._wide:
+            return False
+        if exclusive:
+            return self._running == 0
+        return self._running < self.lanes and self._exclusive_waiting == 0
 
     @contextmanager
-    def slot(self) -> Iterator[bool]:
+    def slot(self, exclusive: bool = False) -> Iterator[bool]:
         """Hold a slot for one inference; yields True when it runs wide (on every thread)."""
         with self._cond:
             self._waiting += 1
+            self._exclusive_waiting += exclusive
             try:
-                self._cond.wait_for(lambda: not self._wide and self._running < self.lanes)
+                self._cond.wait_for(lambda: self._may_start(exclusive))
             finally:
                 self._waiting -= 1
-            wide = self.lanes == 1 or (self._running == 0 and self._waiting == 0)
+                self._exclusive_waiting -= exclusive
+            wide = exclusive or self.lanes == 1 or (self._running == 0 and self._waiting == 0)
             self._running += 1
             self._wide = wide and self.lanes > 1
         token = getattr(_LANE, "narrow", False)

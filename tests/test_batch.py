@@ -383,6 +383,37 @@ def test_batched_translation_equals_one_by_one(zoo: Zoo) -> None:
         np.testing.assert_array_equal(got.alpha, img.alpha)
 
 
+def test_images_are_translated_at_their_own_size_unless_max_side_says(
+    tmp_path: Path, zoo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRANSFIGURE_MAX_SIDE", raising=False)
+    src = tmp_path / "in"
+    write_image(src / "big.png", (2400, 1600), seed=3)
+    out = tmp_path / "out"
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src, "--output", out) == 0
+    got = np.asarray(Image.open(out / "big.png")).astype(int)
+    assert got.shape == (1600, 2400, 3)
+    assert np.array_equal(got, 255 - np.asarray(Image.open(src / "big.png")).astype(int))
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src, "--output", tmp_path / "small",
+                     "--max-side", 600) == 0  # fmt: skip
+    assert Image.open(tmp_path / "small" / "big.png").size == (600, 400)
+
+
+def test_windows_bound_the_pixels_decoded_ahead(tmp_path: Path) -> None:
+    sizes = [(100, 100), (300, 100), (50, 50), (200, 100), (10, 10)]
+    items = []
+    for i, size in enumerate(sizes):
+        write_image(tmp_path / f"{i}.png", size, seed=i)
+        items.append(batch.Item(key=f"{i}.png", output=tmp_path / f"o{i}.png", source=tmp_path / f"{i}.png"))
+    (tmp_path / "5.png").write_bytes(b"not an image")  # unreadable: counted as 0, loading reports it
+    items.append(batch.Item(key="5.png", output=tmp_path / "o5.png", source=tmp_path / "5.png"))
+    windows = [[it.key for it in w] for w in batch._windows(items, max_items=3, max_pixels=40_000)]
+    # 10k + 30k fit; 2.5k more would pass 40k; 2.5k + 20k + 0.1k; the unreadable one
+    assert windows == [["0.png", "1.png"], ["2.png", "3.png", "4.png"], ["5.png"]]
+    one = [[it.key for it in w] for w in batch._windows(items[:2], max_items=3, max_pixels=1)]
+    assert one == [["0.png"], ["1.png"]]  # an image larger than the budget still gets a window
+
+
 def test_upscale_task(tmp_path: Path, zoo_dir: Path, zoo: Zoo) -> None:
     src = tmp_path / "in"
     write_image(src / "a.png", (40, 24), seed=1)

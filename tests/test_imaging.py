@@ -190,6 +190,72 @@ def test_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- resize / translate --------------------------------------------------------------------------
 
 
+def test_images_keep_their_resolution_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRANSFIGURE_MAX_SIDE", raising=False)
+    assert Limits().max_side is None and Limits.from_env().max_side is None
+    monkeypatch.setenv("TRANSFIGURE_MAX_SIDE", "1024")  # the opt-in downscale
+    assert Limits.from_env().max_side == 1024
+
+
+def test_peek_size_reads_the_header_and_applies_the_limits() -> None:
+    big = _bytes(Image.new("1", (5000, 4000)))  # 20 MP declared, a few kB of file
+    assert imaging.peek_size(big, LIMITS) == (5000, 4000)
+    assert imaging.peek_size(big[:200], LIMITS) == (5000, 4000)  # no pixel data needed
+    with pytest.raises(ImageError, match="limit is 1.0 MP") as e:
+        imaging.peek_size(big, Limits(max_pixels=1_000_000))
+    assert e.value.status_code == 413
+    with pytest.raises(ImageError, match="not an image"):
+        imaging.peek_size(b"hello", LIMITS)
+    with pytest.raises(ImageError, match="aspect ratio"):
+        imaging.peek_size(_bytes(Image.new("L", (4000, 10))), LIMITS)
+
+
+def test_tensor_conversions_are_the_plain_formula(zoo: Zoo) -> None:
+    """The per-channel conversions (bounded memory at 12 MP) give exactly the straightforward values."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for spec in (zoo.get("tiny-translate").card.input, zoo.get("tiny-upscale").card.input):
+        lo, hi = spec.range
+        want = (rgb.astype(np.float32) * ((hi - lo) / 255.0) + lo).transpose(2, 0, 1)[None]
+        got = imaging.to_tensor(rgb, spec)
+        assert got.dtype == np.float32 and got.flags.c_contiguous and np.array_equal(got, want)
+        y = rng.uniform(lo - 0.3, hi + 0.3, (2, 3, 37, 53)).astype(np.float32)
+        plain = (
+            np.rint((np.clip(y, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8).transpose(0, 2, 3, 1)
+        )
+        assert np.array_equal(imaging.from_tensor(y, spec), plain)
+        assert np.array_equal(imaging.from_tensor(y[:, :, :30, :41], spec), plain[:, :30, :41])
+
+
+@pytest.mark.parametrize(
+    ("accept", "fmt"),
+    [
+        (None, "png"),
+        ("", "png"),
+        ("*/*", "png"),
+        ("image/*", "png"),
+        ("image/jpeg", "jpeg"),
+        ("IMAGE/JPEG; charset=x", "jpeg"),
+        ("image/jpg", "jpeg"),
+        ("image/webp", "webp"),
+        ("image/avif", "png"),
+        ("application/json", "png"),
+        ("image/webp,*/*;q=0.8", "webp"),
+        ("text/html,application/xhtml+xml,image/avif,image/webp,image/apng,*/*;q=0.8", "webp"),
+        ("image/jpeg;q=0.5, */*", "png"),  # PNG is acceptable at q=1 through */*
+        ("image/jpeg, image/webp", "jpeg"),  # equal q: the header's order
+        ("image/webp, image/jpeg", "webp"),
+        ("image/jpeg;q=0.5, image/webp;q=0.9", "webp"),
+        ("image/*;q=0.1, image/jpeg;q=0.2", "jpeg"),
+        ("image/jpeg;q=0", "png"),
+        ("image/jpeg;q=nonsense", "png"),
+        (",;,;", "png"),
+    ],
+)
+def test_format_from_accept(accept: str | None, fmt: str) -> None:
+    assert imaging.format_from_accept(accept) == fmt
+
+
 def test_resize_to_max_side_keeps_aspect_and_never_upscales() -> None:
     img = DecodedImage(rgb=np.zeros((30, 120, 3), np.uint8), alpha=np.zeros((30, 120), np.uint8))
     small = imaging.resize_to_max_side(img, 60)
@@ -303,3 +369,22 @@ def test_encode_formats_and_alpha() -> None:
         imaging.encode_image(img, "bmp")
     grey, _ = imaging.encode_image(np.zeros((4, 4, 1), np.uint8))
     assert Image.open(io.BytesIO(grey)).size == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "shape", [(7, 5), (7, 5, 1), (7, 5, 2), (7, 5, 3), (7, 5, 4), (1, 1, 3), (300, 2, 4)]
+)
+def test_png_answers_decode_to_the_exact_pixels(shape: tuple[int, ...]) -> None:
+    from service.png import encode_png
+
+    arr = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    back = Image.open(io.BytesIO(encode_png(arr)))
+    back.load()  # checks the CRCs and the zlib stream
+    channels = shape[2] if len(shape) == 3 else 1
+    assert back.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[channels]
+    want = arr if len(shape) == 2 or shape[2] != 1 else arr[:, :, 0]
+    assert np.array_equal(np.asarray(back), want)
+    with pytest.raises(ValueError, match="8-bit"):
+        encode_png(arr.astype(np.uint16))
+    with pytest.raises(ValueError, match="expected"):
+        encode_png(np.zeros((2, 2, 5), np.uint8))

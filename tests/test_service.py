@@ -1,8 +1,10 @@
 """The HTTP service: middleware and CLI without a server, then the real `bentoml serve` on tiny models.
 
 The integration server is started ONCE for the module (start-up is slow on 2 cores). It runs with
-an API token, a small tile size, a 2 MiB upload limit and TRANSFIGURE_STRICT=0 with one broken
-model in its zoo, so that those paths are exercised by the same server.
+an API token, a small tile size, a 2 MiB upload limit, a 13-MP budget of pixels in flight and
+TRANSFIGURE_STRICT=0 with one broken model in its zoo, so that those paths are exercised by the
+same server. Its zoo also holds an untrained GuidedTranslator exported by ``training.export``
+(when torch is installed) for requests at 12 MP.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import importlib.util
 import io
 import json
 import os
@@ -26,20 +29,31 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
 from service import imaging
+from service.admission import PixelBudget, ServerBusy
 from service.middleware import GuardMiddleware
 from service.serve_cli import add_arguments
 from service.serve_cli import run as serve_run
 from service.zoo import Zoo
-from tests.tiny_models import make_model, make_zoo
+from tests.tiny_models import make_guided_model, make_model, make_zoo
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "sr" / "head.png"
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PIXELS_IN_FLIGHT = 13_000_000  # the test server's budget: one 12-MP photo at a time
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+TRANSLATE_MODELS = "guided, tiny-translate" if HAS_TORCH else "tiny-translate"  # the test server's
+
+
+def _jpeg(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.open(FIXTURE).convert("RGB").resize((w, h), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
 
 
 def _png(w: int, h: int, mode: str = "RGB") -> bytes:
@@ -149,6 +163,37 @@ def test_sample_batching_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) ->
         assert Hop.calls == hops and int(out[0, 0]) == first
 
 
+def test_pixel_budget_admits_a_lone_request_and_refuses_past_the_limit() -> None:
+    budget = PixelBudget(10)
+    with budget.hold(25):  # alone: always admitted, whatever its size
+        assert budget.in_flight == 25
+        with pytest.raises(ServerBusy, match="TRANSFIGURE_MAX_PIXELS_IN_FLIGHT") as e, budget.hold(1):
+            pass
+        assert e.value.status_code == 503
+    with budget.hold(6), budget.hold(4):  # up to the limit together
+        assert budget.in_flight == 10
+        with pytest.raises(ServerBusy, match="retry"), budget.hold(1):
+            pass
+    assert budget.in_flight == 0  # released, also after a refusal
+    with pytest.raises(ValueError):
+        PixelBudget(0)
+
+
+def test_max_side_is_opt_in_and_a_request_cannot_raise_the_servers() -> None:
+    from bentoml.exceptions import InvalidArgument
+
+    from service.service import effective_max_side
+
+    assert imaging.Limits().max_side is None  # by default nothing is downscaled
+    assert effective_max_side(None, None) is None
+    assert effective_max_side(None, 640) == 640
+    assert effective_max_side(1024, None) == 1024
+    assert effective_max_side(1024, 640) == 640
+    assert effective_max_side(256, 1000) == 256
+    with pytest.raises(InvalidArgument, match="max_side"):
+        effective_max_side(None, 0)
+
+
 # -- serve CLI (no server) -----------------------------------------------------------------------
 
 
@@ -210,25 +255,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_ARBITERS: dict[str, int] = {}  # server URL -> pid of its `bentoml serve`
+
+
 @pytest.fixture(scope="module")
 def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_zoo(tmp_path_factory.mktemp("served_zoo"))
     make_model(root, "sample", "broken")
     (root / "broken" / "model.onnx").write_bytes(b"not onnx")
+    if HAS_TORCH:
+        make_guided_model(root, "guided")
     return root
+
+
+@pytest.fixture
+def guided(zoo_root: Path) -> str:
+    if not (zoo_root / "guided").is_dir():
+        pytest.skip("exporting a GuidedTranslator needs torch (the train extra)")
+    return "guided"
 
 
 @pytest.fixture(scope="module")
 def server(zoo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("TRANSFIGURE_")},
         "TRANSFIGURE_MODELS_DIR": str(zoo_root),
         "TRANSFIGURE_STRICT": "0",
         "TRANSFIGURE_API_TOKEN": TOKEN,
         "TRANSFIGURE_TILE": "16",
         "TRANSFIGURE_MAX_BYTES": str(2 * 1024 * 1024),
-        "TRANSFIGURE_MAX_SIDE": "256",
+        "TRANSFIGURE_MAX_PIXELS_IN_FLIGHT": str(PIXELS_IN_FLIGHT),
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml_home")),
         "BENTOML_DO_NOT_TRACK": "true",
     }
@@ -251,6 +308,7 @@ def server(zoo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+    _ARBITERS[url] = proc.pid
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -302,7 +360,8 @@ def test_health_metrics_docs(server: str, http: httpx.Client) -> None:
 @pytest.mark.integration
 def test_models_lists_cards_and_unavailable(http: httpx.Client) -> None:
     listing = http.get("/models").json()
-    assert [m["name"] for m in listing["models"]] == ["tiny-sample", "tiny-translate", "tiny-upscale"]
+    names = ["guided"] * HAS_TORCH + ["tiny-sample", "tiny-translate", "tiny-upscale"]
+    assert [m["name"] for m in listing["models"]] == names
     assert all(m["available"] for m in listing["models"])
     assert "broken" in listing["unavailable"]
     assert str(Path.cwd()) not in json.dumps(listing["unavailable"])  # no server paths
@@ -345,10 +404,125 @@ def test_translate_options_and_alpha(http: httpx.Client) -> None:
         format="jpeg",
     )
     assert r.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(r.content)).size == (16, 8)
-    r = _post(http, "/translate", {"image": ("a.png", _png(600, 300))}, model="tiny-translate")
-    assert Image.open(io.BytesIO(r.content)).size == (256, 128)  # TRANSFIGURE_MAX_SIDE=256
-    r = _post(http, "/translate", {"image": ("a.png", _png(600, 300))}, model="tiny-translate", max_side=1000)
-    assert Image.open(io.BytesIO(r.content)).size == (256, 128)  # a client cannot raise the cap
+    # no downscale unless asked for: the answer has the input's own size
+    data = _png(1500, 700)
+    r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-translate")
+    got = np.asarray(Image.open(io.BytesIO(r.content))).astype(int)
+    want = 255 - np.asarray(Image.open(io.BytesIO(data))).astype(int)
+    assert got.shape == (700, 1500, 3) and np.abs(got - want).max() <= 1
+    r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-translate", max_side=1000)
+    assert Image.open(io.BytesIO(r.content)).size == (1000, 467)  # the opt-in downscale
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("accept", "format", "media_type"),
+    [
+        ("image/jpeg", None, "image/jpeg"),
+        ("image/webp", None, "image/webp"),
+        ("image/webp,image/apng,*/*;q=0.8", None, "image/webp"),  # a browser's image Accept
+        ("image/jpeg;q=0.5, image/webp", None, "image/webp"),
+        ("*/*", None, "image/png"),
+        (None, None, "image/png"),
+        ("image/avif", None, "image/png"),  # a format not served here: the default
+        ("text/html", None, "image/png"),
+        ("image/jpeg", "png", "image/png"),  # the form field wins
+        ("image/webp", "jpeg", "image/jpeg"),
+    ],
+)
+def test_the_answer_format_follows_accept_unless_the_form_says(
+    server: str, accept: str | None, format: str | None, media_type: str
+) -> None:
+    headers = dict(AUTH)
+    if accept is not None:
+        headers["Accept"] = accept
+    fields = {"model": "tiny-translate", **({"format": format} if format else {})}
+    with httpx.Client(base_url=server, headers=headers, timeout=30) as c:
+        if accept is None:
+            c.headers.pop("accept", None)  # httpx sends */* unless told not to
+        r = c.post("/translate", files={"image": ("a.png", _png(40, 30))}, data=fields)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == media_type
+    assert "accept" in r.headers["vary"].lower()
+    out = Image.open(io.BytesIO(r.content))
+    assert Image.MIME[out.format] == media_type and out.size == (40, 30)
+
+
+@pytest.mark.integration
+def test_upscale_answers_in_the_accepted_format(http: httpx.Client) -> None:
+    files = {"image": ("a.png", _png(24, 20))}
+    r = http.post("/upscale", files=files, data={"model": "tiny-upscale"}, headers={"Accept": "image/webp"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(r.content)).size == (48, 40)
+    r = http.post(
+        "/upscale",
+        files=files,
+        data={"model": "tiny-upscale", "format": "png"},
+        headers={"Accept": "image/jpeg"},
+    )
+    assert r.headers["content-type"] == "image/png"
+
+
+@pytest.mark.integration
+def test_a_12_megapixel_photo_is_translated_at_its_own_size(http: httpx.Client, guided: str) -> None:
+    data = _jpeg(4000, 3000)
+    assert len(data) < 2 * 1024 * 1024  # the test server's upload limit
+    r = _post(http, "/translate", {"image": ("photo.jpg", data)}, model=guided, format="jpeg")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/jpeg"
+    out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+    src = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    assert out.shape == (3000, 4000, 3)
+    change = np.abs(out - src).mean()
+    assert 0.5 < change < 40, change  # translated (a perturbed translator), not replaced
+    stages = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+    assert list(stages) == ["decode", "queue", "infer", "encode"]
+
+
+def _worker(server_url: str) -> psutil.Process:
+    """The server's HTTP worker (the process that loads the models), below its ``bentoml serve``."""
+    children = psutil.Process(_ARBITERS[server_url]).children(recursive=True)
+    workers = [
+        p for p in children if "serve_http" in " ".join(p.cmdline()) or "worker" in " ".join(p.cmdline())
+    ]
+    assert len(workers) == 1, [p.cmdline() for p in children]
+    return workers[0]
+
+
+def _peak_rss_mib(proc: psutil.Process) -> float:
+    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.integration
+def test_concurrent_12_megapixel_requests_beyond_the_pixel_budget_get_503(server: str, guided: str) -> None:
+    """8 photos of 12 MP at once against a 13-MP budget: some are served, the rest refused (503 with
+    Retry-After and a message naming the setting), memory stays bounded and the worker lives."""
+    data = _jpeg(4000, 3000)
+
+    def one(_: int) -> httpx.Response:
+        with httpx.Client(base_url=server, headers=AUTH, timeout=120) as c:
+            return c.post(
+                "/translate", files={"image": ("p.jpg", data)}, data={"model": guided, "format": "jpeg"}
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503}, [(r.status_code, r.text[:200]) for r in answers]
+    assert 200 in statuses and 503 in statuses, statuses
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.headers.get("retry-after") == "1"
+    assert "TRANSFIGURE_MAX_PIXELS_IN_FLIGHT" in _error(busy)
+    assert all(
+        Image.open(io.BytesIO(r.content)).size == (4000, 3000) for r in answers if r.status_code == 200
+    )
+    assert httpx.get(f"{server}/livez").status_code == 200
+    # one 12-MP photo at a time: the worker's peak RSS (measured 1.2 GiB) is that of one request,
+    # not of eight (~0.2 GiB idle + ~1 GiB for each 12-MP inference)
+    assert _peak_rss_mib(_worker(server)) < 1800
 
 
 @pytest.mark.integration
@@ -471,11 +645,11 @@ def test_odd_but_valid_images_are_served(http: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("route", "fields", "message"),
     [
-        ("/translate", {"model": "nope"}, "unknown model 'nope': available: tiny-translate"),
+        ("/translate", {"model": "nope"}, f"unknown model 'nope': available: {TRANSLATE_MODELS}"),
         (
             "/translate",
             {"model": "tiny-sample"},
-            "is a 'sample' model; /translate needs one of: tiny-translate",
+            f"is a 'sample' model; /translate needs one of: {TRANSLATE_MODELS}",
         ),
         ("/upscale", {"model": "tiny-translate"}, "/upscale needs one of: tiny-upscale"),
         ("/translate", {"model": "tiny-translate", "format": "bmp"}, "use one of png, jpeg, webp"),
@@ -559,7 +733,14 @@ def test_bento_builds_without_torch(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (bento,) = [p for p in (tmp_path / "bentos" / "transfigure").iterdir() if p.name != "latest"]
     src = {str(p.relative_to(bento / "src")) for p in (bento / "src").rglob("*") if p.is_file()}
-    assert {"service/service.py", "service/zoo.py", "service/imaging.py", "models/card.py"} <= src
+    assert {
+        "service/service.py",
+        "service/zoo.py",
+        "service/imaging.py",
+        "service/admission.py",
+        "service/png.py",
+        "models/card.py",
+    } <= src
     assert not any(s.startswith(("training/", "tests/")) for s in src)
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in reqs and "torch" not in reqs

@@ -223,6 +223,44 @@ def test_one_lane_is_a_plain_semaphore() -> None:
     assert most[0] == 1
 
 
+def test_an_exclusive_inference_waits_for_the_lanes_runs_wide_alone_and_holds_back_newcomers() -> None:
+    slots = InferenceSlots(2)
+    log: dict[str, tuple[bool, float, float]] = {}
+    gates = {name: threading.Event() for name in ("a", "b", "c")}
+
+    def job(name: str, exclusive: bool = False) -> None:
+        with slots.slot(exclusive=exclusive) as wide:
+            t0 = time.monotonic()
+            if name in gates:
+                gates[name].wait(5)
+            else:
+                time.sleep(0.1)
+            log[name] = (wide, t0, time.monotonic())
+
+    threads = {n: threading.Thread(target=job, args=(n, n == "x")) for n in ("a", "b", "c", "x", "d")}
+    threads["a"].start()
+    _until(lambda: slots._running == 1)
+    threads["b"].start()
+    threads["c"].start()
+    _until(lambda: slots._waiting == 2)
+    gates["a"].set()
+    _until(lambda: slots._running == 2)  # b and c side by side, narrow
+    threads["x"].start()  # a large image: waits for both lanes to empty
+    _until(lambda: slots._exclusive_waiting == 1)
+    threads["d"].start()  # arrives after it: waits for it, although a lane frees up first
+    _until(lambda: slots._waiting == 2)
+    gates["b"].set()
+    time.sleep(0.05)
+    assert "x" not in log and "d" not in log and slots._running == 1
+    gates["c"].set()
+    for t in threads.values():
+        t.join(5)
+    x_wide, x0, x1 = log["x"]
+    assert x_wide and not log["b"][0] and not log["c"][0]
+    assert x0 >= max(log["b"][2], log["c"][2])  # after both narrow ones
+    assert log["d"][1] >= x1  # and nothing ran beside it
+
+
 def test_a_narrow_slot_runs_the_one_thread_session(zoo_dir: Path) -> None:
     zoo = Zoo.load(zoo_dir, threads=2, narrow=True)
     model = zoo.get("tiny-translate")
