@@ -1,18 +1,24 @@
-"""`transfigure evaluate` and `transfigure export` end to end on tiny CPU runs of every recipe."""
+"""`transfigure evaluate` and `transfigure export` end to end on tiny CPU runs of every recipe, and
+`transfigure evaluate` of zoo model folders (the ONNX file as shipped, each image at its own size)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from onnx import helper, numpy_helper
+from PIL import Image
 
-from models.card import ModelCard
+from models.card import IMAGE_INPUT, OUTPUT, ModelCard, sha256_file
+from tests import tiny_models
 from training import evaluate as ev
 from training import fid
 from training.cli import main
+from training.data import list_images, load_rgb_array
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAST = ["--steps", "2", "--num-workers", "0", "--sample-every", "0", "--device", "cpu", "--precision", "fp32"]
@@ -81,6 +87,9 @@ def test_cyclegan_evaluate_and_export(runs, tmp_path: Path) -> None:
     command = m["fid_A2B"]["command"]
     assert command.startswith(f"transfigure evaluate {run}") and "--limit 2" in command
     assert (run / "eval" / "quick.md").is_file() and (run / "eval" / "quick_G_AB.png").is_file()
+    # trained on 32 px crops, measured on the 256 px test photos as they are
+    assert json.loads(report.read_text())["image_sizes"] == {"G_AB": {"256x256": 2}, "G_BA": {"256x256": 2}}
+    assert "own size" in m["fid_A2B"]["protocol"] and "PyTorch G_AB" in m["fid_A2B"]["protocol"]
 
     card = _export(run, tmp_path, "s2w-tiny", "--net", "G_BA", "--eval", str(report), "--torchscript")
     assert card.task == "translate" and card.input.native_size == 32 and card.input.multiple_of == 4
@@ -236,3 +245,191 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
         main(["export", str(runs["srgan"]), "--name", "x", "--out", str(tmp_path / "e"), "--dequantize"]) == 1
     )
     assert "--dequantize needs a zoo model folder" in capsys.readouterr().err
+
+
+# -- zoo model folders: the ONNX file as shipped, every image at its own size ----------------------
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """The yosemite fixture with one more test image per domain whose sides are not multiples of 4."""
+    root = tmp_path_factory.mktemp("data") / "mixed"
+    for phase in ("trainA", "trainB", "testA", "testB"):
+        shutil.copytree(FIXTURES / "yosemite" / phase, root / phase)
+    with Image.open(list_images(root / "testA")[0]) as im:
+        im.crop((10, 20, 210, 170)).save(root / "testA" / "zz_crop.png")  # 150 high, 200 wide
+    with Image.open(list_images(root / "testB")[0]) as im:
+        im.crop((0, 0, 90, 122)).save(root / "testB" / "zz_crop.png")  # 122 high, 90 wide
+    return root
+
+
+def _identity_graph(path: Path, multiple_of: int = 4) -> None:
+    """``output = image``, failing (like tiny_models' translate graph) on sizes off the multiple."""
+    nodes = [
+        helper.make_node("AveragePool", [IMAGE_INPUT], ["down"], kernel_shape=[multiple_of] * 2,
+                         strides=[multiple_of] * 2),
+        helper.make_node("Resize", ["down", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Mul", ["up", "zero"], ["nothing"]),
+        helper.make_node("Add", [IMAGE_INPUT, "nothing"], [OUTPUT]),
+    ]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(np.array([1, 1, multiple_of, multiple_of], np.float32), "scales"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+    ]
+    vi = [tiny_models._image_vi(IMAGE_INPUT, 3), tiny_models._image_vi(OUTPUT, 3)]
+    tiny_models._save(helper.make_graph(nodes, "identity", vi[:1], vi[1:], inits), path)
+
+
+def _zoo_model(root: Path, name: str, recipe_config: dict, identity: bool = False, **card) -> Path:
+    """A tiny translate model folder (``-image``, or the identity) whose card names its training splits."""
+    folder = tiny_models.make_model(root, "translate", name=name)
+    if identity:
+        _identity_graph(folder / "model.onnx")
+    data = json.loads((folder / "card.json").read_text())
+    data["sha256"] = sha256_file(folder / "model.onnx")
+    data["training"]["recipe_config"] = recipe_config
+    ModelCard.from_dict({**data, **card}).save(folder)
+    return folder
+
+
+def _own_size_features(files: list[Path], change=lambda a: a) -> np.ndarray:
+    """Inception features of each file's pixels (after ``change``), one image at a time, no resize."""
+    return np.concatenate([fid.inception_features([change(load_rgb_array(f))]) for f in files])
+
+
+def test_padded_fn_runs_a_net_the_way_translate_does() -> None:
+    from service.imaging import MIN_TRANSLATE_SIDE, pad_to_multiple
+
+    seen = []
+
+    def net(x):
+        seen.append(x.numpy().copy())
+        return -x
+
+    x = torch.rand(2, 3, 30, 41) * 2 - 1
+    y = ev.padded_fn(net, 4)(x)
+    assert seen[-1].shape[-2:] == (32, 44) and torch.equal(y, -x)  # padded, then cropped back
+    assert np.array_equal(seen[-1], pad_to_multiple(x.numpy(), 4, MIN_TRANSLATE_SIDE))
+    small = torch.rand(1, 3, 50, 7)
+    assert ev.padded_fn(net, 1)(small).shape == small.shape and seen[-1].shape[-2:] == (50, 32)
+    assert np.array_equal(seen[-1], pad_to_multiple(small.numpy(), 1, MIN_TRANSLATE_SIDE))
+    ev.padded_fn(net, 4)(torch.rand(1, 3, 36, 40))
+    assert seen[-1].shape[-2:] == (36, 40)  # already a multiple: untouched
+
+
+@needs_inception
+def test_zoo_model_is_measured_through_its_onnx_file_at_each_images_own_size(mixed, tmp_path, capsys) -> None:
+    config = {"data": "/machine/it/was/trained/on/summer2winter", "holdout_every": 10, "crop_size": 32}
+    model = _zoo_model(tmp_path, "s2w", {"recipe": "cyclegan", "net": "G_AB", "config": config})
+    assert main(["evaluate", str(model), "--data", str(mixed), "--judge-limit", "3"]) == 0
+    path = model / "eval" / "mixed.json"
+    report, m = json.loads(path.read_text()), _metrics(path)
+    assert report["image_sizes"] == {"G_AB": {"256x256": 2, "150x200": 1}}  # testA, none resized
+    assert report["sha256"] == ModelCard.load(model).sha256 and report["net"] == "G_AB"
+    for key in ("fid", "fid_identity", "kid", "kid_identity", "judge_target_share", "judge_target_share_identity",
+                "judge_accuracy_real_target", "content_ssim", "content_cosine"):  # fmt: skip
+        assert m[f"{key}_A2B"]["net"] == "G_AB"
+    assert (
+        "own size" in m["fid_A2B"]["protocol"]
+        and "ONNX file as shipped (s2w/model.onnx" in m["fid_A2B"]["protocol"]
+    )
+    assert m["fid_A2B"]["split"].startswith("testA -> testB of mixed (3 translated vs 3 real)")
+    assert m["fid_A2B"]["command"].startswith(f"transfigure evaluate {model} --data {mixed} --judge-limit 3")
+
+    # the numbers are those of the model's outputs (255 - image) at each image's own size
+    test_a, test_b = list_images(mixed / "testA"), list_images(mixed / "testB")
+    real_a, real_b = _own_size_features(test_a), _own_size_features(test_b)
+    fake = _own_size_features(test_a, lambda a: 255 - a)
+    assert m["fid_A2B"]["value"] == pytest.approx(fid.frechet_distance(fake, real_b), rel=1e-4)
+    assert m["fid_identity_A2B"]["value"] == pytest.approx(fid.frechet_distance(real_a, real_b), rel=1e-4)
+    assert m["content_ssim_A2B"]["value"] < 0.5  # inverted
+
+    # the card's data folder is not on this machine: the message says what to pass
+    assert main(["evaluate", str(model), "--name", "nodata"]) == 1
+    assert "--data" in capsys.readouterr().err and not (model / "eval" / "nodata.json").exists()
+
+
+@needs_inception
+def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(mixed, tmp_path, monkeypatch):
+    config = {"data": str(mixed)}
+    ab = _zoo_model(tmp_path, "ab", {"recipe": "cyclegan", "net": "G_AB", "config": config}, identity=True)
+    ba = _zoo_model(tmp_path, "ba", {"recipe": "cyclegan", "net": "G_BA", "config": config})
+    counted, inception_features = [], fid.inception_features
+
+    def counting(images, *args, **kwargs):
+        images = list(images)
+        counted.append(sum(len(x) for x in images))
+        return inception_features(images, *args, **kwargs)
+
+    monkeypatch.setattr(fid, "inception_features", counting)
+    ev.clear_caches()
+    out = tmp_path / "reports"
+    assert main(["evaluate", str(ab), str(ba), "--judge-limit", "2", "--out", str(out)]) == 0
+    # both directions in one process: each real image once (2 + 2 for the judge, 3 + 3 test images),
+    # then the 3 + 3 translations
+    assert sum(counted) == (2 + 2) + (3 + 3) + (3 + 3)
+    m_ab, m_ba = _metrics(out / "ab_mixed.json"), _metrics(out / "ba_mixed.json")
+    assert sorted(p.name for p in out.glob("*.json")) == ["ab_mixed.json", "ba_mixed.json"]
+    # the identity's translations are its inputs: every figure equals its identity baseline
+    for key in ("fid", "kid", "judge_target_share"):
+        assert m_ab[f"{key}_A2B"]["value"] == pytest.approx(
+            m_ab[f"{key}_identity_A2B"]["value"], rel=1e-6, abs=1e-9
+        )
+    assert m_ab["content_ssim_A2B"]["value"] == pytest.approx(1.0)
+    # a model that changes its input does not score its baseline
+    assert m_ba["fid_B2A"]["value"] != pytest.approx(m_ba["fid_identity_B2A"]["value"], rel=0.05)
+    assert json.loads((out / "ba_mixed.json").read_text())["image_sizes"] == {
+        "G_BA": {"256x256": 2, "122x90": 1}
+    }
+
+
+@needs_inception
+def test_pix2pix_zoo_model_measures_against_its_paired_ground_truth(tmp_path) -> None:
+    recipe = {
+        "recipe": "pix2pix",
+        "net": "G",
+        "config": {"data": str(FIXTURES / "facades"), "direction": "BtoA"},
+    }
+    model = _zoo_model(tmp_path, "facades", recipe, identity=True, method="pix2pix")
+    assert main(["evaluate", str(model), "--judge-limit", "2"]) == 0
+    m = _metrics(model / "eval" / "facades.json")
+    assert m["fid_B2A"]["value"] == pytest.approx(m["fid_identity_B2A"]["value"], rel=1e-6)
+    # BtoA: the input is the right half, the ground truth the left; the identity returns the input
+    halves = [load_rgb_array(f).astype(np.float64) for f in list_images(FIXTURES / "facades" / "test")]
+    l1 = np.mean([np.abs(ab[:, 256:] - ab[:, :256]).mean() / 255 for ab in halves])
+    assert m["l1_to_target_B2A"]["value"] == pytest.approx(l1)
+
+
+def test_only_translate_models_are_evaluated_from_a_zoo_folder(tmp_path, capsys) -> None:
+    folder = tiny_models.make_model(tmp_path, "upscale")
+    assert main(["evaluate", str(folder)]) == 1
+    assert "translate models" in capsys.readouterr().err
+    model = _zoo_model(tmp_path, "swapped", {"recipe": "cyclegan", "net": "G_AB", "config": {"data": "x"}})
+    (model / "model.onnx").write_bytes((model / "model.onnx").read_bytes() + b"\0")
+    assert main(["evaluate", str(model)]) == 1
+    assert "sha256" in capsys.readouterr().err  # the file the card describes, or nothing
+
+
+@needs_inception
+def test_run_evaluation_pads_a_resnet_to_its_multiple_at_each_images_own_size(runs, mixed) -> None:
+    from service.imaging import MIN_TRANSLATE_SIDE, pad_to_multiple
+    from training.recipes import load_run
+
+    run = runs["cyclegan"]
+    assert main(["evaluate", str(run), "--data", str(mixed), "--judge-limit", "2", "--name", "mixed"]) == 0
+    report, m = json.loads((run / "eval" / "mixed.json").read_text()), _metrics(run / "eval" / "mixed.json")
+    assert report["image_sizes"] == {
+        "G_AB": {"256x256": 2, "150x200": 1},
+        "G_BA": {"256x256": 2, "122x90": 1},
+    }
+    assert "multiple of 4" in m["fid_A2B"]["protocol"] and "own size" in m["fid_A2B"]["protocol"]
+    # what the run's G_AB (EMA weights) makes of each test photo, padded as /translate pads it
+    net = load_run(run).generators["G_AB"]
+    fakes = []
+    for f in list_images(mixed / "testA"):
+        a = load_rgb_array(f)
+        x = torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+        with torch.inference_mode():
+            y = net(torch.from_numpy(pad_to_multiple(x.numpy(), net.multiple_of, MIN_TRANSLATE_SIDE)))
+        fakes.append(fid.to_uint8(y[..., : a.shape[0], : a.shape[1]]))
+    fake = np.concatenate([fid.inception_features([y]) for y in fakes])
+    real_b = _own_size_features(list_images(mixed / "testB"))
+    assert m["fid_A2B"]["value"] == pytest.approx(fid.frechet_distance(fake, real_b), rel=1e-3)

@@ -1,26 +1,38 @@
-"""Measure a training run: FID/KID + domain judge (translate), judge accuracy (sample), PSNR/SSIM (upscale).
+"""Measure a training run or a shipped model: FID/KID + domain judge (translate), judge accuracy
+(sample), PSNR/SSIM (upscale).
 
-``transfigure evaluate RUN [--data DIR] [--name NAME] [--limit N] [--judge runs/classifier]``
+``transfigure evaluate PATH [PATH ...] [--data DIR] [--name NAME] [--out DIR] [--limit N] [--judge RUN]``
 
-Writes ``RUN/eval/<name>.json`` (every metric as {name, value, split, protocol, command}, plus the
-net it belongs to and per-image figures), ``RUN/eval/<name>.md`` (a Markdown table) and small
-sample grids ``RUN/eval/<name>_<net>.png``. ``transfigure export --eval`` copies these metrics
-into the card.
+``PATH`` is a training run folder (``checkpoints/last.pt``: its PyTorch nets are measured) or, for
+translate models (CycleGAN, pix2pix), a zoo model folder (``card.json`` + ``model.onnx``: the ONNX
+file is measured as shipped, in onnxruntime, after its sha256 is checked against the card). Writes
+``PATH/eval/<name>.json`` (every metric as {name, value, split, protocol, command}, plus the net it
+belongs to, the image sizes measured and per-image figures), ``PATH/eval/<name>.md`` (a Markdown
+table) and small sample grids ``PATH/eval/<name>_<net>.png``; ``--out DIR`` writes them to ``DIR``
+instead (named ``<PATH name>_<name>`` when several paths are given). ``<name>`` defaults to the data
+folder's name. ``transfigure export --eval`` copies these metrics into the card.
 
-Translation (CycleGAN both directions, pix2pix): FID/KID of translated test inputs against the real
-test targets **next to the identity baseline** (untranslated inputs vs the same targets); a linear
-domain judge on the same Inception features, trained on the training folders, reports the share of
-translated images it calls "target" next to its share for untranslated inputs and for real target
-images; content preservation (Y-SSIM and Inception cosine similarity of input vs output) so that a
-generator that ignores its input cannot look good. Every image (real or generated) goes through the
-recipe's own split function and evaluation transform (resize to the training crop), is quantised to
-uint8 and fed to :mod:`training.fid` under its one protocol.
+Translation (CycleGAN both directions, pix2pix) is measured as users see it: **every test image at
+its own size** (no resize), in the model's input range, reflect-padded at the bottom/right to the
+net's ``multiple_of`` (and to at least 32 px) and cropped back, as the service's ``/translate``
+does; images of equal size are batched together. Reported: FID/KID of the translated test inputs
+against the real test targets **next to the identity baseline** (untranslated inputs vs the same
+targets); a linear domain judge on the same Inception features, trained on the training splits
+only, reports the share of translated images it calls "target" next to its share for untranslated
+inputs and for real target images; content preservation (Y-SSIM and Inception cosine similarity of
+input vs output) so that a generator that ignores its input cannot look good. A zoo model's splits
+are rebuilt from its card's ``training.recipe_config`` (``--data`` replaces the data folder, which
+the card names as it was on the training machine). Images enter :mod:`training.fid` as uint8 under
+its one protocol (which resizes to 299² inside). Inception features of real images and the fitted
+judge are kept for the process, so several models or both directions of a CycleGAN measured in one
+call compute each real image's features once.
 
-Sanity numbers of this protocol on the full shared data (summer2winter_yosemite, 256 px, measured
-once on CPU): identity FID testA vs testB 79.1 (the plain protocol quoted in the issue: ~80.6);
-same-domain floor trainB vs testB 63.8; the judge (L2 1.0) calls 20 % of untranslated summer test
-images winter and 78 % of real winter test images winter. A full CycleGAN evaluation runs the
-Inception net on ~2,100 images: about 6 minutes on 2 CPU cores.
+Sanity numbers of this protocol on the full shared data (summer2winter_yosemite, 256 px photos,
+measured once on CPU): identity FID testA vs testB 79.1; same-domain floor trainB vs testB 63.8
+(trainA vs testA 50.4); the judge (L2 1.0, 500 training images per domain) calls 20 % of
+untranslated summer test images winter and 78 % of real winter test images winter. Both shipped
+CycleGAN directions in one call run the Inception net on ~2,100 images and the ResNet generators on
+547: 22 minutes on 2 CPU cores shared with three training runs (nice 10).
 """
 
 from __future__ import annotations
@@ -38,7 +50,10 @@ import numpy as np
 
 EVAL_DIR = "eval"
 GRID_IMAGES = 4
-SSIM_PROTOCOL = "Y-SSIM (BT.601 luma, Gaussian 11/1.5, L=255) of input vs output at the training crop size"
+# /translate pads every input to at least this side (service/imaging.py MIN_TRANSLATE_SIDE): a ResNet
+# generator's reflection pads fail on 1-pixel feature maps
+MIN_TRANSLATE_SIDE = 32
+SSIM_PROTOCOL = "Y-SSIM (BT.601 luma, Gaussian 11/1.5, L=255) of input vs output at the image's own size"
 COSINE_PROTOCOL = "cosine similarity of Inception pool features, input vs output (training.fid protocol)"
 
 # N x C x H x W float tensor in the input range -> N x C x H' x W' in the output range
@@ -63,6 +78,7 @@ class Report:
     headline: dict[str, str] = field(default_factory=dict)  # net -> metric name
     per_image: dict[str, Any] = field(default_factory=dict)
     grids: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)  # net -> rows of uint8 images
+    image_sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # net -> {"HxW": test inputs}
 
     def add(self, name: str, value: float, split: str, protocol: str, net: str | None = None) -> None:
         entry: dict[str, Any] = {
@@ -88,7 +104,8 @@ def command_line(args: argparse.Namespace | None = None, command: str = "evaluat
         return shlex.join(["transfigure", *argv[1:]])
     if args is None:
         return shlex.join(argv)
-    parts = ["transfigure", command, str(args.run)]
+    paths = args.run if isinstance(args.run, (list, tuple)) else [args.run]
+    parts = ["transfigure", command, *(str(p) for p in paths)]
     for key, value in vars(args).items():
         if key == "run" or value is None or value is False:
             continue
@@ -132,19 +149,249 @@ def torch_fn(net, device: str = "cpu") -> ImageFn:
     return run
 
 
-def onnx_fn(path: str | Path, input_name: str = "image", output_name: str = "output") -> ImageFn:
-    """An ONNX model as an :data:`ImageFn` (onnxruntime, CPU)."""
+def onnx_fn(
+    path: str | Path, input_name: str = "image", output_name: str = "output", threads: int | None = None
+) -> ImageFn:
+    """An ONNX model as an :data:`ImageFn` (onnxruntime, CPU; ``threads``: intra-op threads, None: ORT's)."""
     import onnxruntime as ort
     import torch
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
     def run(x):
         return torch.from_numpy(sess.run([output_name], {input_name: x.detach().cpu().numpy()})[0])
 
     return run
+
+
+def padded_fn(fn: ImageFn, multiple_of: int, min_side: int = MIN_TRANSLATE_SIDE) -> ImageFn:
+    """``fn`` on images of any size, as ``/translate`` runs a model: reflect-pad the bottom/right to
+    multiples of ``multiple_of`` (and at least ``min_side``), run, crop the output back."""
+    import torch
+
+    m = max(int(multiple_of or 1), 1)
+
+    def run(x):
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        th = max(-(-h // m) * m, -(-min_side // m) * m)
+        tw = max(-(-w // m) * m, -(-min_side // m) * m)
+        if (th, tw) != (h, w):  # numpy's reflect repeats for pads wider than the image, like the service
+            pad = ((0, 0), (0, 0), (0, th - h), (0, tw - w))
+            x = torch.from_numpy(np.pad(x.detach().cpu().numpy(), pad, mode="reflect"))
+        return fn(x)[..., :h, :w]
+
+    return run
+
+
+# -- test images at their own size -----------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageRef:
+    """One evaluation image: a file, or one half of a side-by-side pair file (pix2pix ``AB`` images)."""
+
+    path: Path
+    half: str = ""  # "": the whole file; "left" / "right": that half
+
+    def load(self) -> np.ndarray:
+        """H x W x 3 uint8."""
+        from training.data.images import load_rgb_array
+
+        image = load_rgb_array(self.path)
+        if not self.half:
+            return image
+        w = image.shape[1] // 2
+        if w == 0:
+            raise ValueError(f"{self.path}: too narrow to hold two side-by-side images")
+        return image[:, :w] if self.half == "left" else image[:, w : 2 * w]
+
+    def key(self) -> tuple:
+        """Identifies the pixels: the resolved path, its modification time and size, and the half."""
+        st = self.path.stat()
+        return str(self.path.resolve()), st.st_mtime_ns, st.st_size, self.half
+
+
+def _same_size_groups(
+    items: list[tuple[ImageRef, ...]], batch_size: int
+) -> Iterator[list[tuple[np.ndarray, ...]]]:
+    """The loaded images of consecutive items whose images share one size, at most ``batch_size`` at a
+    time, in order; the images within an item (input and its paired target) must have one size."""
+    group: list[tuple[np.ndarray, ...]] = []
+    for item in items:
+        arrays = tuple(ref.load() for ref in item)
+        if len({a.shape for a in arrays}) > 1:
+            names = " and ".join(str(ref.path) for ref in item)
+            raise ValueError(f"{names}: a pair must have the same size, got {[a.shape for a in arrays]}")
+        if group and (group[0][0].shape != arrays[0].shape or len(group) >= batch_size):
+            yield group
+            group = []
+        group.append(arrays)
+    if group:
+        yield group
+
+
+def _uint8_batch(arrays: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _in_range(x8, value_range: tuple[float, float]):
+    """uint8 N x C x H x W -> float32 in ``value_range``, the service's formula (exact uint8 round trip)."""
+    lo, hi = value_range
+    return x8.float() * ((hi - lo) / 255.0) + lo
+
+
+def own_size_batches(
+    items: list[tuple[ImageRef, ...]],
+    batch_size: int,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    target_range: tuple[float, float] | None = None,
+) -> Iterator[tuple]:
+    """Float batches of consecutive images of equal size, each image at its own size: (inputs,) or
+    (inputs, paired targets), N x 3 x H x W in ``value_range`` (targets: ``target_range``, default the same)."""
+    ranges = (value_range, target_range or value_range)
+    for group in _same_size_groups(items, batch_size):
+        yield tuple(
+            _in_range(_uint8_batch([g[k] for g in group]), ranges[min(k, 1)]) for k in range(len(group[0]))
+        )
+
+
+_FEATURES: dict[tuple, np.ndarray] = {}  # (ImageRef.key(), device) -> Inception features at own size
+_JUDGES: dict[tuple, Any] = {}  # (training image keys of both domains, device, l2) -> DomainJudge
+
+
+def clear_caches() -> None:
+    """Forget the real-image features and judges kept for this process."""
+    _FEATURES.clear()
+    _JUDGES.clear()
+
+
+def real_features(refs: list[ImageRef], device: str = "cpu") -> np.ndarray:
+    """Inception features of real images at their own size (``len(refs)`` x 2048), computed once per
+    image and process."""
+    from training.fid import PROTOCOL, inception_features
+
+    keys = [(ref.key(), device) for ref in refs]
+    todo = [(ref, key) for ref, key in dict(zip(refs, keys, strict=True)).items() if key not in _FEATURES]
+    done = 0
+    for group in _same_size_groups([(ref,) for ref, _ in todo], PROTOCOL.batch_size):
+        feats = inception_features([_uint8_batch([g[0] for g in group])], device=device)
+        for f in feats:
+            _FEATURES[todo[done][1]] = f
+            done += 1
+    if not keys:
+        return np.zeros((0, 2048))
+    return np.stack([_FEATURES[k] for k in keys])
+
+
+def domain_judge(train_a: list[ImageRef], train_b: list[ImageRef], device: str = "cpu"):
+    """A :class:`training.fid.DomainJudge` fitted on these training images (A: label 0, B: label 1),
+    fitted once per process."""
+    from training.fid import DomainJudge
+
+    judge = DomainJudge()
+    key = (tuple(r.key() for r in train_a), tuple(r.key() for r in train_b), device, judge.l2)
+    if key not in _JUDGES:
+        _JUDGES[key] = judge.fit(real_features(train_a, device), real_features(train_b, device))
+    return _JUDGES[key]
+
+
+@dataclass
+class TranslationImages:
+    """One translate net's test and judge images, from the recipe's own splits."""
+
+    inputs: list[tuple[ImageRef, ...]]  # test inputs: (input,) or, paired, (input, ground truth)
+    targets: list[ImageRef]  # real test images of the target domain
+    judge_a: list[ImageRef]  # training images the judge learns as domain "A" / "B"
+    judge_b: list[ImageRef]
+    target_domain: str  # "A" or "B", in the judge's terms
+    tag: str  # metric suffix, e.g. "A2B"
+    split: str  # which split, in words
+
+
+def translation_images(recipe: str, cfg, net: str) -> TranslationImages:
+    """The test/train images of ``net`` (CycleGAN ``G_AB``/``G_BA``, pix2pix ``G``) under ``cfg``."""
+    if recipe == "cyclegan":
+        from training.data import resolve_unpaired_files
+        from training.recipes import recipe_module
+
+        a_name, b_name = recipe_module(recipe).domain_names(cfg)
+
+        def files(phase: str) -> tuple[list[ImageRef], list[ImageRef]]:
+            a, b = resolve_unpaired_files(cfg.data or None, phase, cfg.a_dir or None, cfg.b_dir or None,
+                                          cfg.holdout_every)  # fmt: skip
+            return [ImageRef(f) for f in a], [ImageRef(f) for f in b]
+
+        test, train = dict(zip("AB", files("test"), strict=True)), files("train")
+        src, dst = ("A", "B") if net == "G_AB" else ("B", "A")
+        if cfg.a_dir:
+            dirs = {"A": cfg.a_dir, "B": cfg.b_dir}
+            split = (f"held-out {src} -> {dst}: every {cfg.holdout_every}th file of {Path(dirs[src]).name} "
+                     f"-> of {Path(dirs[dst]).name}")  # fmt: skip
+        else:
+            split = f"test{src} -> test{dst} of {Path(cfg.data).name}"
+        names = {"A": a_name, "B": b_name}
+        return TranslationImages(
+            inputs=[(r,) for r in test[src]], targets=test[dst], judge_a=train[0], judge_b=train[1],
+            target_domain=dst, tag=f"{names[src]}2{names[dst]}", split=split,
+        )  # fmt: skip
+    if recipe == "pix2pix":
+        from training.data import resolve_paired_files
+
+        def pairs(phase: str) -> list[tuple[ImageRef, ImageRef]]:
+            out = []
+            for first, second in resolve_paired_files(cfg.data, phase):
+                a, b = (ImageRef(first, "left"), ImageRef(first, "right")) if second is None else (
+                    ImageRef(first), ImageRef(second))  # fmt: skip
+                out.append((b, a) if cfg.direction == "BtoA" else (a, b))
+            return out
+
+        test, train = pairs(cfg.test_phase), pairs(cfg.train_phase)
+        src, dst = cfg.direction.split("to")
+        return TranslationImages(
+            inputs=test, targets=[b for _, b in test], judge_a=[a for a, _ in train],
+            judge_b=[b for _, b in train], target_domain="B", tag=f"{src}2{dst}",
+            split=f"{cfg.test_phase}/ {src} -> {dst} of {Path(cfg.data).name}",
+        )  # fmt: skip
+    raise ValueError(f"recipe '{recipe}' is not a translation recipe")
+
+
+def own_size_protocol(model: str, multiple_of: int) -> str:
+    """How the test images reached the model, for every translation metric's protocol."""
+    pad = (
+        f", reflect-padded at the bottom/right to a multiple of {multiple_of} (at least {MIN_TRANSLATE_SIDE} px) "
+        "and cropped back, as /translate does"
+    )
+    return f"each test image at its own size (no resize){pad}, through {model}"
+
+
+def evaluate_translation(
+    report: Report,
+    net: str,
+    fn: ImageFn,
+    images: TranslationImages,
+    opts: EvalOptions,
+    how: str,
+    in_range: tuple[float, float] = (-1.0, 1.0),
+    out_range: tuple[float, float] = (-1.0, 1.0),
+) -> None:
+    """Every translation metric of one net on its test images at their own size (``fn`` takes any
+    size: see :func:`padded_fn`); real-image features and the judge come from the process caches."""
+    inputs, targets = images.inputs[: opts.limit], images.targets[: opts.limit]
+    judge_a, judge_b = images.judge_a[: opts.judge_limit], images.judge_b[: opts.judge_limit]
+    target_features = real_features(targets, opts.device)
+    judge = domain_judge(judge_a, judge_b, opts.device)
+    result = translate_split(
+        fn, own_size_batches(inputs, opts.batch_size, in_range, out_range), in_range, out_range, opts.grid_images,
+        opts.device, input_features=real_features([item[0] for item in inputs], opts.device),
+    )  # fmt: skip
+    translation_metrics(report, net, images.tag, result, target_features, judge, images.target_domain,
+                        images.split, how)  # fmt: skip
+    report.grids[net] = result.grid
+    report.image_sizes[net] = result.sizes
 
 
 # -- translation -----------------------------------------------------------------------------------
@@ -156,6 +403,7 @@ class Translated:
     ssim_target: list[float]
     grid: list[list[np.ndarray]]
     l1_target: list[float] = field(default_factory=list)  # mean |output - target| per image, [0, 1] scale
+    sizes: dict[str, int] = field(default_factory=dict)  # "HxW" of the inputs -> how many
 
 
 def _y_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -178,9 +426,11 @@ def translate_split(
     ``input_features``: the inputs' features when already computed (same images, same order)."""
     from training.fid import inception_features, to_uint8
 
-    fake_f, in_f, ssim_c, ssim_t, l1_t, grid = [], [], [], [], [], []
+    fake_f, in_f, ssim_c, ssim_t, l1_t, grid, sizes = [], [], [], [], [], [], {}
     for batch in batches:
         x = batch[0]
+        size = f"{x.shape[-2]}x{x.shape[-1]}"
+        sizes[size] = sizes.get(size, 0) + len(x)
         y = fn(x)
         x8, y8 = to_uint8(x, in_range), to_uint8(y, out_range)
         if x8.shape[1] != y8.shape[1]:  # grey <-> colour: compare on 3 channels
@@ -199,7 +449,7 @@ def translate_split(
             if len(grid) < grid_images:
                 grid.append([xs[i], ys[i]] + ([t8[i]] if t8 is not None else []))
     inputs = input_features if input_features is not None else np.concatenate(in_f)
-    return Translated(np.concatenate(fake_f), inputs, ssim_c, ssim_t, grid, l1_t)
+    return Translated(np.concatenate(fake_f), inputs, ssim_c, ssim_t, grid, l1_t, sizes)
 
 
 def features_of(batches: Iterable, value_range: tuple[float, float] = (-1.0, 1.0), device: str = "cpu"):
@@ -220,11 +470,14 @@ def translation_metrics(
     judge,
     target_domain: str,
     split: str,
+    how: str = "",
 ) -> None:
-    """FID/KID (model and identity baseline), judge shares, content preservation for one direction."""
+    """FID/KID (model and identity baseline), judge shares, content preservation for one direction.
+
+    ``how``: how the test images reached the model (:func:`own_size_protocol`), part of each protocol."""
     from training.fid import PROTOCOL, frechet_distance, kernel_inception_distance
 
-    proto = PROTOCOL.describe()
+    proto = f"{how}; {PROTOCOL.describe()}" if how else PROTOCOL.describe()
     n_in, n_tgt = len(result.fake_features), len(target_features)
     sp = f"{split} ({n_in} translated vs {n_tgt} real)"
     report.add(
@@ -239,7 +492,8 @@ def translation_metrics(
     report.add(f"kid_{tag}", kid, sp, f"KID (std over subsets {kid_std:.4f}); " + proto, net)
     report.add(f"kid_identity_{tag}", kid_id, f"{split}: identity baseline", "KID; " + proto, net)
     if judge is not None:
-        jp = f"logistic regression (L2 {judge.l2}) on Inception features, trained on the training folders"
+        jp = f"logistic regression (L2 {judge.l2}) on Inception features, trained on the training splits only"
+        jp = f"{jp}; {how}" if how else jp
         report.add(f"judge_target_share_{tag}", judge.share(result.fake_features, target_domain), sp, jp, net)
         report.add(
             f"judge_target_share_identity_{tag}", judge.share(result.input_features, target_domain),
@@ -251,84 +505,50 @@ def translation_metrics(
         )  # fmt: skip
     from training.fid import cosine_similarity
 
+    suffix = f"; {how}" if how else ""
     report.add(
         f"content_cosine_{tag}", float(np.mean(cosine_similarity(result.input_features, result.fake_features))),
-        sp, COSINE_PROTOCOL, net,
+        sp, COSINE_PROTOCOL + suffix, net,
     )  # fmt: skip
     if result.ssim_content:
-        report.add(f"content_ssim_{tag}", float(np.mean(result.ssim_content)), sp, SSIM_PROTOCOL, net)
+        report.add(
+            f"content_ssim_{tag}", float(np.mean(result.ssim_content)), sp, SSIM_PROTOCOL + suffix, net
+        )
     if result.ssim_target:
         report.add(
             f"ssim_to_target_{tag}", float(np.mean(result.ssim_target)), sp,
-            "Y-SSIM of output vs its paired ground truth at the training crop size", net,
+            "Y-SSIM of output vs its paired ground truth at the image's own size" + suffix, net,
         )  # fmt: skip
     if result.l1_target:
         report.add(
             f"l1_to_target_{tag}", float(np.mean(result.l1_target)), sp,
-            "mean absolute error of output vs its paired ground truth, uint8 RGB / 255, training crop size", net,
+            "mean absolute error of output vs its paired ground truth, uint8 RGB / 255, own size" + suffix, net,
         )  # fmt: skip
     report.headline.setdefault(net, f"fid_{tag}")
 
 
-def evaluate_cyclegan(run, report: Report, opts: EvalOptions) -> None:
-    from training.data import resolve_unpaired_files
-    from training.fid import DomainJudge
+def _torch_protocol(run, net: str, device: str) -> str:
+    weights = "EMA weights" if run.used_ema else "weights"
+    return own_size_protocol(f"the run's PyTorch {net} ({weights} of step {run.step}, {device}, fp32)",
+                             int(getattr(run.generators[net], "multiple_of", 1)))  # fmt: skip
 
-    cfg = run.config
-    rec = _recipe(run)
-    a_name, b_name = rec.domain_names(cfg) if hasattr(rec, "domain_names") else ("A", "B")
-    split = (cfg.data or None, cfg.a_dir or None, cfg.b_dir or None, cfg.holdout_every)
 
-    def files(phase: str) -> tuple[list[Path], list[Path]]:
-        return resolve_unpaired_files(split[0], phase, split[1], split[2], split[3])
-
-    test_a, test_b = files("test")
-    train_a, train_b = files("train")
-    crop, bs, dev = cfg.crop_size, opts.batch_size, opts.device
-    real = {
-        "A": features_of(image_file_batches(test_a, crop, bs, opts.limit), device=dev),
-        "B": features_of(image_file_batches(test_b, crop, bs, opts.limit), device=dev),
-    }
-    judge = DomainJudge().fit(
-        features_of(image_file_batches(train_a, crop, bs, opts.judge_limit), device=dev),
-        features_of(image_file_batches(train_b, crop, bs, opts.judge_limit), device=dev),
-    )
-    for net, src, dst, files_src in (("G_AB", "A", "B", test_a), ("G_BA", "B", "A", test_b)):
+def _evaluate_run_translation(run, report: Report, opts: EvalOptions, nets: tuple[str, ...]) -> None:
+    for net in nets:
         if net not in run.generators:
             continue
-        tag = f"{a_name}2{b_name}" if src == "A" else f"{b_name}2{a_name}"
-        result = translate_split(
-            torch_fn(run.generators[net], dev), ((x,) for x in image_file_batches(files_src, crop, bs, opts.limit)),
-            grid_images=opts.grid_images, device=dev, input_features=real[src],
-        )  # fmt: skip
-        translation_metrics(report, net, tag, result, real[dst], judge, dst, f"test{src} -> test{dst}")
-        report.grids[net] = result.grid
+        gen = run.generators[net]
+        fn = padded_fn(torch_fn(gen, opts.device), int(getattr(gen, "multiple_of", 1)))
+        images = translation_images(run.recipe, run.config, net)
+        evaluate_translation(report, net, fn, images, opts, _torch_protocol(run, net, opts.device))
+
+
+def evaluate_cyclegan(run, report: Report, opts: EvalOptions) -> None:
+    _evaluate_run_translation(run, report, opts, ("G_AB", "G_BA"))
 
 
 def evaluate_pix2pix(run, report: Report, opts: EvalOptions) -> None:
-    from training.data import PairedImageFolder
-    from training.fid import DomainJudge
-
-    cfg = run.config
-    crop, bs, dev = cfg.crop_size, opts.batch_size, opts.device
-
-    def paired(phase: str):
-        return PairedImageFolder(cfg.data, phase=phase, direction=cfg.direction, crop_size=crop, train=False)
-
-    test, train = paired(cfg.test_phase), paired(cfg.train_phase)
-    target = features_of(dataset_batches(test, ("B",), bs, opts.limit), device=dev)
-    judge = DomainJudge().fit(
-        features_of(dataset_batches(train, ("A",), bs, opts.judge_limit), device=dev),
-        features_of(dataset_batches(train, ("B",), bs, opts.judge_limit), device=dev),
-    )
-    src, dst = cfg.direction.split("to")
-    result = translate_split(
-        torch_fn(run.generators["G"], dev), dataset_batches(test, ("A", "B"), bs, opts.limit),
-        grid_images=opts.grid_images, device=dev,
-    )  # fmt: skip
-    split = f"{cfg.test_phase}/ {src} -> {dst}"
-    translation_metrics(report, "G", f"{src}2{dst}", result, target, judge, "B", split)
-    report.grids["G"] = result.grid
+    _evaluate_run_translation(run, report, opts, ("G",))
 
 
 @dataclass
@@ -468,20 +688,18 @@ def markdown_table(report: Report, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Report, run_dir: Path, name: str, extra: dict[str, Any]) -> Path:
+def write_report(report: Report, out: Path, name: str, extra: dict[str, Any], title: str) -> Path:
+    """``out/<name>.json``, ``out/<name>.md`` and ``out/<name>_<net>.png``; returns the JSON's path."""
     from training.export import grid_png
 
-    out = run_dir / EVAL_DIR
     out.mkdir(parents=True, exist_ok=True)
     body = {**extra, "command": report.command, "metrics": report.metrics, "headline": report.headline,
-            "per_image": report.per_image}  # fmt: skip
+            "image_sizes": report.image_sizes, "per_image": report.per_image}  # fmt: skip
     path = out / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2, default=float) + "\n", encoding="utf-8")
     tmp.replace(path)
-    (out / f"{name}.md").write_text(
-        markdown_table(report, f"{extra.get('recipe', '')} {run_dir.name}: {name}")
-    )
+    (out / f"{name}.md").write_text(markdown_table(report, f"{title}: {name}"))
     for net, rows in report.grids.items():
         if rows:
             (out / f"{name}_{net}.png").write_bytes(grid_png(rows, cell=96))
@@ -489,6 +707,14 @@ def write_report(report: Report, run_dir: Path, name: str, extra: dict[str, Any]
 
 
 EVALUATORS = {"cyclegan": evaluate_cyclegan, "pix2pix": evaluate_pix2pix}
+TRANSLATE_METHODS = ("cyclegan", "pix2pix")
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """A zoo model folder (``card.json`` + its ONNX file) rather than a training run folder."""
+    from models.card import CARD_FILE
+
+    return (Path(path) / CARD_FILE).is_file()
 
 
 def evaluate_run(
@@ -498,8 +724,11 @@ def evaluate_run(
     options: EvalOptions = EvalOptions(),
     judge: str | None = None,
     command: str | None = None,
+    out: str | Path | None = None,
+    prefix: str = "",
 ) -> Path:
-    """Evaluate a run folder; returns the path of the JSON report."""
+    """Evaluate a run folder; returns the path of the JSON report ``<prefix><name>.json`` (in ``out``,
+    default ``RUN/eval``)."""
     import dataclasses
 
     from training.fid import PROTOCOL
@@ -522,7 +751,7 @@ def evaluate_run(
     else:
         raise ValueError(f"recipe '{run.recipe}' has nothing to evaluate (its nets are not exported)")
     default = data if run.recipe == "srgan" else getattr(run.config, "data", "")
-    name = name or (Path(default).name if default else "test") or "test"
+    name = prefix + (name or (Path(default).name if default else "test") or "test")
     extra = {
         "run": str(run_dir),
         "recipe": run.recipe,
@@ -533,7 +762,77 @@ def evaluate_run(
         "fid_protocol": PROTOCOL.describe(),
         "limit": options.limit,
     }
-    return write_report(report, run_dir, name, extra)
+    target = Path(out) if out is not None else run_dir / EVAL_DIR
+    return write_report(report, target, name, extra, f"{run.recipe} {run_dir.name}")
+
+
+def evaluate_model(
+    folder: str | Path,
+    data: str | None = None,
+    name: str | None = None,
+    options: EvalOptions = EvalOptions(),
+    command: str | None = None,
+    out: str | Path | None = None,
+    prefix: str = "",
+) -> Path:
+    """Evaluate a zoo translate model's ONNX file as shipped; returns the path of the JSON report
+    ``<prefix><name>.json`` (in ``out``, default ``FOLDER/eval``). The splits come from the card's ``training.recipe_config``;
+    ``data`` replaces its data folder."""
+    import dataclasses
+
+    from models.card import ModelCard
+    from training.data import EmptyFolderError
+    from training.fid import PROTOCOL
+    from training.recipes import config_from_dict, recipe_module
+
+    folder = Path(folder)
+    card = ModelCard.load(folder)
+    if card.task != "translate" or card.method not in TRANSLATE_METHODS:
+        raise ValueError(
+            f"{folder}: a zoo folder is evaluated for translate models ({', '.join(TRANSLATE_METHODS)}); "
+            f"'{card.name}' is a {card.task} model ({card.method}): evaluate its training run instead"
+        )
+    assert card.input is not None  # translate cards always have one
+    if card.input.channels != 3:
+        raise ValueError(f"{folder}: evaluation takes RGB inputs; '{card.name}' takes {card.input.channels}")
+    onnx_path = card.verify_file(folder)  # the file the card describes, sha256 checked
+    saved = card.training.recipe_config
+    recipe = str(saved.get("recipe", card.method))
+    config = config_from_dict(recipe_module(recipe).Config, saved.get("config", saved))
+    if data:
+        config = dataclasses.replace(config, data=str(data))
+    net = str(saved.get("net") or ("G_AB" if recipe == "cyclegan" else "G"))
+    try:
+        images = translation_images(recipe, config, net)
+    except EmptyFolderError as e:
+        if data:
+            raise
+        raise EmptyFolderError(f"{e} (the data folder named by the card; pass --data DIR)") from None
+    report = Report(command=command or command_line())
+    how = own_size_protocol(
+        f"the ONNX file as shipped ({folder.name}/{card.onnx_file}, {card.precision}, onnxruntime CPU)",
+        card.input.multiple_of,
+    )
+    fn = padded_fn(onnx_fn(onnx_path), card.input.multiple_of)
+    evaluate_translation(
+        report, net, fn, images, options, how, tuple(card.input.range), tuple(card.output.range)
+    )
+    extra = {
+        "model": str(folder),
+        "name": card.name,
+        "onnx_file": str(onnx_path),
+        "sha256": card.sha256,
+        "precision": card.precision,
+        "recipe": recipe,
+        "net": net,
+        "step": card.training.steps,
+        "data": config.data,
+        "fid_protocol": PROTOCOL.describe(),
+        "limit": options.limit,
+    }
+    name = prefix + (name or Path(config.data).name or "test")
+    target = Path(out) if out is not None else folder / EVAL_DIR
+    return write_report(report, target, name, extra, f"{card.name} ({card.onnx_file}, {card.precision})")
 
 
 # -- class-conditional sampling --------------------------------------------------------------------
@@ -679,13 +978,21 @@ def evaluate_cgan(
 
 # -- CLI -------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", help="training run folder (with checkpoints/last.pt)")
     parser.add_argument(
-        "--data", default=None, help="dataset folder (default: the run's --data); SR: HR images"
+        "run", nargs="+", metavar="PATH",
+        help="training run folder (with checkpoints/last.pt) or zoo model folder (card.json + model.onnx; "
+        "translate models); several are measured in one process, computing real images' features once",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", default=None, help="dataset folder (default: the run's or card's --data); SR: HR images"
     )
     parser.add_argument(
-        "--name", default=None, help="report name: RUN/eval/NAME.json (default: data folder name)"
+        "--name", default=None, help="report name: PATH/eval/NAME.json (default: data folder name)"
     )
+    parser.add_argument(
+        "--out", default=None,
+        help="write the reports to this folder instead of PATH/eval (as <PATH name>_NAME for several paths)",
+    )  # fmt: skip
     parser.add_argument(
         "--limit", type=int, default=None, help="at most N test images per split (quick checks)"
     )
@@ -698,16 +1005,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.card import CardError
     from training.fid import InceptionUnavailable
 
     opts = EvalOptions(
         limit=args.limit, judge_limit=args.judge_limit, batch_size=args.batch_size, device=args.device
     )
-    try:
-        path = evaluate_run(args.run, args.data, args.name, opts, args.judge, command_line(args))
-    except (InceptionUnavailable, FileNotFoundError, ValueError) as e:
-        print(f"transfigure evaluate: {e}", file=sys.stderr)
-        return 1
-    print(path.with_suffix(".md").read_text())
-    print(f"report: {path}")
+    command = command_line(args)
+    paths = [Path(p) for p in (args.run if isinstance(args.run, (list, tuple)) else [args.run])]
+    for path in paths:
+        prefix = f"{path.name}_" if args.out and len(paths) > 1 else ""  # one folder, several reports
+        try:
+            if is_model_folder(path):
+                if args.judge:
+                    raise ValueError("--judge is for cgan training runs, not zoo model folders")
+                report = evaluate_model(path, args.data, args.name, opts, command, args.out, prefix)
+            else:
+                report = evaluate_run(path, args.data, args.name, opts, args.judge, command, args.out, prefix)
+        except (InceptionUnavailable, FileNotFoundError, ValueError, CardError) as e:
+            print(f"transfigure evaluate: {e}", file=sys.stderr)
+            return 1
+        print(report.with_suffix(".md").read_text())
+        print(f"report: {report}")
     return 0
