@@ -22,7 +22,7 @@ def _eval_json(tmp_path: Path, metrics: dict[str, float], net: str = "G") -> Pat
 def test_psnr_bar_met_and_missed(tmp_path) -> None:
     check = zoo._bar_psnr(30.5)
     met = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.61, "psnr_y_bicubic_x4": 28.4}), "G")
-    assert met.startswith("Issue #9 quality bar MET") and "30.61 dB" in met
+    assert met.startswith("Quality bar MET") and "30.61 dB" in met
     missed = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.2, "psnr_y_bicubic_x4": 28.4}), "G")
     assert "MISSED" in missed and "30.20 dB" in missed
 
@@ -37,6 +37,11 @@ def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) ->
     worse_fid = {**good, "fid_A2B": 85.0}
     verdict = zoo.bar_verdict(check, _eval_json(tmp_path, worse_fid, "G_AB"), "G_AB")
     assert "MISSED" in verdict and "85.0" in verdict
+    ratio = zoo._bar_fid("x", max_identity_ratio=1.10, judge_share=0.65)
+    ok, text = ratio({"fid_x": 86.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7})
+    assert ok and "identity baseline (86.9)" in text and "(1.09 x)" in text
+    assert not ratio({"fid_x": 87.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7})[0]  # 1.101 x
+    assert not ratio({"fid_x": 80.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.6})[0]  # judge
     monet = zoo._bar_fid("x", below_identity=0.15)
     assert not monet({"fid_x": 120.0, "fid_identity_x": 135.0})[0]  # 11 % below: not enough
     assert monet({"fid_x": 110.0, "fid_identity_x": 135.0})[0]
@@ -73,7 +78,12 @@ def test_dry_run_prints_every_command(capsys, tmp_path) -> None:
     assert zoo.main(["--dry-run", "--runs", str(tmp_path), "--data-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("$ transfigure train") == 7  # classifier, cgan, sr psnr, sr gan, 2 cyclegan, pix2pix
-    assert out.count("$ transfigure export") == 7
+    # the translators are exported, evaluated as shipped, then exported again with their metrics
+    assert out.count("$ transfigure export") == 10
+    s2w = out[out.index("== summer2winter") : out.index("== winter2summer")]
+    steps = [line.split()[2] for line in s2w.splitlines() if line.startswith("$ transfigure")]
+    assert steps == ["train", "export", "export", "evaluate", "export"]
+    assert "--eval" not in s2w.splitlines()[2] and "--eval" in s2w.splitlines()[-1]
 
 
 def test_sr_comparison_grid_runs_both_exported_models(tmp_path) -> None:
