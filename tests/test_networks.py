@@ -147,3 +147,20 @@ def test_onnx_export_with_dynamic_sizes(make) -> None:
             ref = net(x).numpy()
         assert out.shape == shape
         np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_pixel_norm_pools_nothing_over_space() -> None:
+    """Each pixel's features get unit RMS across channels; a spike in one place leaves every other
+    pixel's output unchanged (instance norm would rescale the whole map)."""
+    torch.manual_seed(0)
+    norm = norm_layer("pixel")(8)
+    x = torch.randn(2, 8, 5, 6)
+    y = norm(x)
+    torch.testing.assert_close(y.pow(2).mean(dim=1), torch.ones(2, 5, 6), atol=1e-5, rtol=0)
+    spiked = x.clone()
+    spiked[:, :, 0, 0] *= 100.0
+    torch.testing.assert_close(norm(spiked)[..., 1:, :], y[..., 1:, :])
+    inorm = norm_layer("instance")(8)
+    assert not torch.allclose(inorm(spiked)[..., 1:, :], inorm(x)[..., 1:, :])
+    net = ResnetGenerator(ngf=8, n_blocks=1, norm="pixel")
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)

@@ -89,10 +89,15 @@ def example_inputs(spec, batch: int = 1, size: tuple[int, int] | None = None, se
 
 
 def parity_shapes(spec) -> list[tuple[int, tuple[int, int] | None]]:
-    """Two different (batch, size) cases: square, then non-square, both multiples of ``multiple_of``."""
+    """Two different (batch, size) cases: square, then non-square, both multiples of ``multiple_of``;
+    for a translator that takes any size, both larger than its low-resolution copy."""
     if spec.task == "sample":
         return [(1, None), (3, None)]
     m = max(int(spec.multiple_of or 1), 1)
+    if m == 1 and spec.task == "translate" and spec.native_size:
+        # a resolution-free translator: larger than the size its network sees, odd, and 4:3-ish
+        n = int(spec.native_size)
+        return [(1, (2 * n + 1, 2 * n + 1)), (2, (n + 37, 3 * n))]
     s = m * math.ceil(32 / m)
     return [(1, (s, s)), (2, (s + m, s + 2 * m))]
 

@@ -97,6 +97,13 @@ class Config(TrainConfig):
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
     n_layers_d: int = field(default=3, metadata={"help": "PatchGAN depth (3: 70x70 patches)"})
     norm: str = field(default="instance", metadata={"help": "normalisation layers", "choices": NORMS})
+    g_norm: str | None = field(
+        default=None,
+        metadata={
+            "help": "the generators' normalisation if not --norm (pixel: no droplet blobs)",
+            "choices": NORMS,
+        },
+    )
     spectral_norm: bool = field(default=False, metadata={"help": "spectral norm on the discriminators"})
     gan_loss: str = field(default="lsgan", metadata={"help": "vanilla | lsgan | hinge | wgan-gp | ragan"})
     real_label: float = field(
@@ -121,8 +128,9 @@ class Config(TrainConfig):
             resolve_gan_loss(self.gan_loss)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        if self.norm not in NORMS:
-            raise ConfigError(f"unknown norm '{self.norm}': choose one of {', '.join(NORMS)}")
+        for norm in (self.norm, self.g_norm or self.norm):
+            if norm not in NORMS:
+                raise ConfigError(f"unknown norm '{norm}': choose one of {', '.join(NORMS)}")
         if self.generator not in GENERATORS:
             raise ConfigError(f"unknown generator '{self.generator}': choose one of {', '.join(GENERATORS)}")
         if self.generator == "guided" and (self.low_size % 4 or self.low_size < 8):
@@ -139,11 +147,16 @@ def build_generators(config: Config) -> dict[str, nn.Module]:
     def gen() -> nn.Module:
         if config.generator == "guided":
             return GuidedTranslator(
-                config.low_size, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm,
+                config.low_size, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.g_norm or config.norm,
                 radius=config.gf_radius, eps=config.gf_eps, detail=config.detail, upsample=config.upsample,
             )  # fmt: skip
         return ResnetGenerator(
-            3, 3, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.norm, upsample=config.upsample
+            3,
+            3,
+            ngf=config.ngf,
+            n_blocks=config.n_blocks,
+            norm=config.g_norm or config.norm,
+            upsample=config.upsample,
         )
 
     return {"G_AB": gen(), "G_BA": gen()}
