@@ -382,6 +382,31 @@ def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(
 
 
 @needs_inception
+def test_feature_cache_on_disk_spares_real_images_in_a_later_run(mixed, tmp_path, monkeypatch):
+    config = {"data": str(mixed)}
+    ab = _zoo_model(tmp_path, "ab", {"recipe": "cyclegan", "net": "G_AB", "config": config})
+    counted, inception_features = [], fid.inception_features
+
+    def counting(images, *args, **kwargs):
+        images = list(images)
+        counted.append(sum(len(x) for x in images))
+        return inception_features(images, *args, **kwargs)
+
+    monkeypatch.setattr(fid, "inception_features", counting)
+    cache, reports = tmp_path / "cache", [tmp_path / "first", tmp_path / "second"]
+    for out in reports:
+        ev.clear_caches()  # a new process
+        counted.clear()
+        args = ["evaluate", str(ab), "--judge-limit", "2", "--out", str(out), "--feature-cache", str(cache)]
+        assert main(args) == 0
+    # the second run reads every real image from the cache and computes only the 3 translations
+    assert sum(counted) == 3
+    first, second = (_metrics(out / "mixed.json") for out in reports)
+    assert {k: v["value"] for k, v in first.items()} == {k: v["value"] for k, v in second.items()}
+    assert len(list(cache.glob("real_features_*.npz"))) == 1
+
+
+@needs_inception
 def test_pix2pix_zoo_model_measures_against_its_paired_ground_truth(tmp_path) -> None:
     recipe = {
         "recipe": "pix2pix",

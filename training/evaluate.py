@@ -261,12 +261,57 @@ def own_size_batches(
 
 _FEATURES: dict[tuple, np.ndarray] = {}  # (ImageRef.key(), device) -> Inception features at own size
 _JUDGES: dict[tuple, Any] = {}  # (training image keys of both domains, device, l2) -> DomainJudge
+_DISK_CACHE: list[Path] = []  # the folder of use_feature_cache, if any
 
 
 def clear_caches() -> None:
-    """Forget the real-image features and judges kept for this process."""
+    """Forget the real-image features and judges kept for this process (not the on-disk cache)."""
     _FEATURES.clear()
     _JUDGES.clear()
+    _DISK_CACHE.clear()
+
+
+def _cache_file(folder: Path) -> Path:
+    import hashlib
+
+    from training.fid import PROTOCOL
+
+    tag = hashlib.sha1(PROTOCOL.describe().encode()).hexdigest()[:12]  # another protocol, another file
+    return folder / f"real_features_{tag}.npz"
+
+
+def _cache_name(key: tuple) -> str:
+    import hashlib
+
+    return hashlib.sha1(repr(key).encode()).hexdigest()
+
+
+def use_feature_cache(folder: str | Path) -> int:
+    """Keep real images' Inception features in ``folder`` across processes as well (keyed by path,
+    modification time, size and the Inception protocol); returns how many were loaded."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _DISK_CACHE[:] = [folder]
+    path = _cache_file(folder)
+    if not path.is_file():
+        return 0
+    with np.load(path) as data:
+        _DISK_LOADED.update({name: data[name] for name in data.files})
+    return len(_DISK_LOADED)
+
+
+_DISK_LOADED: dict[str, np.ndarray] = {}  # sha1 of a _FEATURES key -> features, from the disk cache
+
+
+def _save_feature_cache() -> None:
+    if not _DISK_CACHE:
+        return
+    entries = dict(_DISK_LOADED)
+    entries.update({_cache_name(k): v for k, v in _FEATURES.items()})
+    path = _cache_file(_DISK_CACHE[0])
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **entries)
+    tmp.replace(path)
 
 
 def real_features(refs: list[ImageRef], device: str = "cpu") -> np.ndarray:
@@ -275,6 +320,9 @@ def real_features(refs: list[ImageRef], device: str = "cpu") -> np.ndarray:
     from training.fid import PROTOCOL, inception_features
 
     keys = [(ref.key(), device) for ref in refs]
+    for key in keys:
+        if key not in _FEATURES and _cache_name(key) in _DISK_LOADED:
+            _FEATURES[key] = _DISK_LOADED[_cache_name(key)]
     todo = [(ref, key) for ref, key in dict(zip(refs, keys, strict=True)).items() if key not in _FEATURES]
     done = 0
     for group in _same_size_groups([(ref,) for ref, _ in todo], PROTOCOL.batch_size):
@@ -282,6 +330,8 @@ def real_features(refs: list[ImageRef], device: str = "cpu") -> np.ndarray:
         for f in feats:
             _FEATURES[todo[done][1]] = f
             done += 1
+    if todo:
+        _save_feature_cache()
     if not keys:
         return np.zeros((0, 2048))
     return np.stack([_FEATURES[k] for k in keys])
@@ -1002,6 +1052,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", default=None, help="cgan: a classifier run folder used as the judge")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--feature-cache", default=None, metavar="DIR",
+        help="keep real images' Inception features in DIR across runs (keyed by file, mtime and protocol)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1012,6 +1066,8 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, judge_limit=args.judge_limit, batch_size=args.batch_size, device=args.device
     )
     command = command_line(args)
+    if getattr(args, "feature_cache", None):
+        use_feature_cache(args.feature_cache)
     paths = [Path(p) for p in (args.run if isinstance(args.run, (list, tuple)) else [args.run])]
     for path in paths:
         prefix = f"{path.name}_" if args.out and len(paths) > 1 else ""  # one folder, several reports
