@@ -8,7 +8,10 @@ For each model folder (card + ONNX file, as the service loads them): parameters 
 from the card, then the median of ``--repeats`` warm runs of the raw ONNX session (the service's
 own thread count, 2 by default) at each size, padded to the model's multiple as the service pads.
 Models are timed one after the other in one process, so the columns compare side by side. A size a
-model cannot finish within ``--budget-s`` (one run) is reported as skipped instead of timed.
+model cannot finish within ``--budget-s`` (one run) is reported as skipped instead of timed. A
+network that runs at full resolution (``multiple_of`` > 1) needs ~1 GB per megapixel in
+onnxruntime: above ``--fullres-max-mp`` it is not run, and its time is extrapolated linearly in the
+pixel count from the largest size it ran (marked ``~``).
 """
 
 from __future__ import annotations
@@ -36,16 +39,21 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def time_model(folder: Path, sizes: list[tuple[int, int]], threads: int, repeats: int, budget_s: float):
+def time_model(folder: Path, sizes: list[tuple[int, int]], threads: int, repeats: int, budget_s: float,
+               fullres_max_mp: float):  # fmt: skip
     card = ModelCard.load(folder)
     sess = _session(folder / card.onnx_file, threads)
     name = sess.get_inputs()[0].name
     m = card.input.multiple_of
     lo, hi = card.input.range
     rng = np.random.default_rng(0)
-    row: list[float | None] = []
+    row: list[float | str | None] = []
+    largest: tuple[int, float] | None = None  # (pixels, seconds) of the largest size timed
     for h, w in sizes:
         ph, pw = -(-h // m) * m, -(-w // m) * m
+        if m > 1 and ph * pw > fullres_max_mp * 1e6:
+            row.append(f"~{largest[1] * ph * pw / largest[0] * 1000:.0f}" if largest else None)
+            continue
         x = (rng.random((1, 3, ph, pw), dtype=np.float32) * (hi - lo) + lo).astype(np.float32)
         start = time.perf_counter()
         sess.run(None, {name: x})  # warm-up, and the budget check
@@ -59,6 +67,7 @@ def time_model(folder: Path, sizes: list[tuple[int, int]], threads: int, repeats
             sess.run(None, {name: x})
             runs.append(time.perf_counter() - start)
         row.append(statistics.median(runs))
+        largest = (ph * pw, row[-1])
     return card, row
 
 
@@ -69,6 +78,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=60.0, help="skip a size whose first run takes longer")
+    p.add_argument(
+        "--fullres-max-mp", type=float, default=2.5, help="largest full-resolution run, megapixels"
+    )
     args = p.parse_args()
     folders = args.models or [
         d for d in sorted((ROOT / "models").iterdir())
@@ -80,8 +92,10 @@ def main() -> int:
     print(f"| model | architecture | params | MACs @256² | {head} |")
     print("|---|---|---|---|" + "---|" * len(sizes))
     for folder in folders:
-        card, row = time_model(folder, sizes, args.threads, args.repeats, args.budget_s)
-        cells = " | ".join("skipped" if t is None else f"{t * 1000:.0f}" for t in row)
+        card, row = time_model(folder, sizes, args.threads, args.repeats, args.budget_s, args.fullres_max_mp)
+        cells = " | ".join(
+            "skipped" if t is None else t if isinstance(t, str) else f"{t * 1000:.0f}" for t in row
+        )
         macs = f"{card.macs_256 / 1e9:.2f} G" if card.macs_256 else "-"
         print(f"| {folder.name} | {card.architecture} | {card.parameters / 1e6:.2f} M | {macs} | {cells} |")
         sys.stdout.flush()
