@@ -31,6 +31,12 @@ run goes on. Each shard appends JSON lines ``{"input", "output", "status", "erro
 and writes a summary JSON beside it. Exit status: 0 all done, 1 some inputs failed (0 with
 ``--allow-failures``), 2 a usage problem (bad manifest, unknown model, no inputs).
 
+Sizes: as in the service, an image is translated at its own resolution unless ``--max-side`` (or
+``TRANSFIGURE_MAX_SIDE``) asks for a downscale first; a model whose network runs at full resolution
+(card ``input.multiple_of`` > 1) runs on a copy at most ``--fullres-max-side`` (or
+``TRANSFIGURE_FULLRES_MAX_SIDE``, default 1024) px a side, its output resized back to the image's
+size, and the report line of such an output carries ``"processed_size": "WxH"`` (``service.imaging``).
+
 Only the ``serve`` extra is needed: this module imports onnxruntime, numpy, Pillow and tqdm, never torch.
 """
 
@@ -59,24 +65,21 @@ import numpy as np
 from PIL import Image
 
 from models import card_paths, zoo_dir
-from models.card import IMAGE_INPUT, LABEL_INPUT, Z_INPUT, CardError
+from models.card import LABEL_INPUT, Z_INPUT, CardError
 from service.imaging import (
     FORMATS,
     INPUT_FORMATS,
-    MIN_TRANSLATE_SIDE,
     DecodedImage,
     ImageError,
     Limits,
     decode_image,
     encode_image,
-    from_tensor,
+    network_size,
     normalize_format,
-    pad_to_multiple,
     resize_to_max_side,
     sample_latents,
     samples_to_uint8,
-    to_tensor,
-    translate_image,
+    translate_images,
     upscale_image,
 )
 from service.zoo import LoadedModel, ModelNotFound, WrongTask, Zoo, cpu_count
@@ -369,36 +372,6 @@ def read_report(path: Path) -> list[dict[str, Any]]:
 # -- running the model ---------------------------------------------------------------------------
 
 
-def translate_many(model: LoadedModel, images: list[DecodedImage]) -> list[DecodedImage]:
-    """Translate images of one size in one inference; the same pre/post-processing as translate_image.
-
-    Translate models have a dynamic batch axis and normalise per sample, so batching only changes speed.
-    """
-    if len(images) == 1:
-        return [translate_image(model, images[0])]
-    card = model.card
-    assert card.input is not None
-    h, w = images[0].rgb.shape[:2]
-    if any(im.rgb.shape[:2] != (h, w) for im in images):
-        raise ValueError("translate_many needs images of one size")
-    x = np.concatenate([to_tensor(im.rgb, card.input) for im in images])
-    x = pad_to_multiple(x, card.input.multiple_of, MIN_TRANSLATE_SIDE)
-    y = model.run({IMAGE_INPUT: x})
-    if y.ndim != 4 or y.shape[0] != len(images) or y.shape[-2:] != x.shape[-2:]:
-        raise RuntimeError(f"model '{model.name}' returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
-    out = from_tensor(y[:, :, :h, :w], card.output)
-    grey = card.output.channels == 1
-    return [
-        DecodedImage(
-            rgb=o if o.shape[2] == 3 else np.repeat(o[:, :, :1], 3, axis=2),
-            alpha=im.alpha,
-            source_format=im.source_format,
-            was_grey=grey,
-        )
-        for o, im in zip(out, images, strict=True)
-    ]
-
-
 @dataclass
 class Options:
     """Everything a shard needs besides its items; defaults match the HTTP service's."""
@@ -408,6 +381,8 @@ class Options:
     quality: int = 95
     limits: Limits = field(default_factory=Limits)
     max_side: int | None = None  # translate: downscale the longer side to this first
+    # translate, full-resolution networks (card input.multiple_of > 1): run at most this side, resize back
+    fullres_max_side: int | None = field(default_factory=lambda: Limits().fullres_max_side)
     tile: int = 256
     overlap: int = 16
     label: int = 0  # sampling: class index
@@ -422,6 +397,7 @@ class Outcome:
     status: str  # ok | skipped | failed
     error: str = ""
     ms: float = 0.0
+    processed_size: tuple[int, int] | None = None  # translate: the size the network ran at, when smaller
 
 
 def _load(item: Item, opts: Options) -> DecodedImage:
@@ -499,6 +475,7 @@ class ShardRunner:
                 "error": out.error or None,
                 "ms": round(out.ms, 1),
                 **({"seed": out.item.seed} if out.item.seed is not None else {}),
+                **({"processed_size": "{}x{}".format(*out.processed_size)} if out.processed_size else {}),
             }
         )
         return out
@@ -511,7 +488,8 @@ class ShardRunner:
             with contextlib.suppress(OSError):
                 part_path(item.output).unlink()
             return self._record(Outcome(item, "failed", _error_text(e), (time.perf_counter() - t0) * 1e3))
-        return self._record(Outcome(item, "ok", "", (time.perf_counter() - t0) * 1e3))
+        processed = img.processed_size if isinstance(img, DecodedImage) else None
+        return self._record(Outcome(item, "ok", "", (time.perf_counter() - t0) * 1e3, processed))
 
     def todo(self, items: list[Item]) -> tuple[list[Item], list[Outcome]]:
         """Split into work and already-complete outputs; stale ``.part`` files of this shard are removed."""
@@ -565,7 +543,7 @@ class ShardRunner:
     def _infer(self, batch: list[tuple[Item, DecodedImage]]) -> list[DecodedImage]:
         imgs = [img for _, img in batch]
         if self.opts.task == "translate":
-            return translate_many(self.model, imgs)
+            return translate_images(self.model, imgs, self.opts.fullres_max_side)
         return [upscale_image(self.model, img, self.opts.tile, self.opts.overlap) for img in imgs]
 
     def _run_images(self, items: list[Item], on_done: Callable[[Outcome], None]) -> list[Outcome]:
@@ -603,7 +581,10 @@ class ShardRunner:
                     groups[img.rgb.shape[:2]].append((it, img, t0))
                 batches = []
                 for (h, w), g in groups.items():
-                    n = max(1, min(opts.batch_size, BATCH_MAX_PIXELS // (h * w)))
+                    run_w, run_h = (w, h)
+                    if opts.task == "translate":  # the network's own size is what an inference holds
+                        run_w, run_h = network_size(self.model.card, (w, h), opts.fullres_max_side)
+                    n = max(1, min(opts.batch_size, BATCH_MAX_PIXELS // (run_w * run_h)))
                     batches += [g[i : i + n] for i in range(0, len(g), n)]
                 for b in batches:
                     pending += self._infer_and_save(pool, b, outcomes, on_done)
@@ -702,6 +683,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: $TRANSFIGURE_MAX_SIDE, else 0: images are translated at their own resolution, as the service does)",
     )
     p.add_argument(
+        "--fullres-max-side",
+        type=int,
+        default=None,
+        help="translate with a full-resolution network (card input.multiple_of > 1): run it on a copy "
+        "whose longer side is at most this and resize its output back to the image's size; 0 = off "
+        "(default: $TRANSFIGURE_FULLRES_MAX_SIDE, else 1024, as the service does)",
+    )
+    p.add_argument(
         "--max-bytes",
         type=int,
         default=BATCH_MAX_BYTES,
@@ -769,6 +758,9 @@ def _options(args: argparse.Namespace, model: LoadedModel, task: str, threads: i
     env = Limits.from_env()
     limits = replace(env, max_bytes=max(1, args.max_bytes))
     max_side = env.max_side if args.max_side is None else (args.max_side or None)
+    fullres = env.fullres_max_side if args.fullres_max_side is None else (args.fullres_max_side or None)
+    if (args.max_side or 0) < 0 or (args.fullres_max_side or 0) < 0:
+        raise UsageError("--max-side and --fullres-max-side take a number of pixels, or 0 for off")
     label = 0
     if task == "sample":
         if args.label is None:
@@ -783,6 +775,7 @@ def _options(args: argparse.Namespace, model: LoadedModel, task: str, threads: i
         quality=args.quality,
         limits=limits,
         max_side=max_side,
+        fullres_max_side=fullres,
         tile=env.tile if args.tile is None else max(0, args.tile),
         overlap=env.tile_overlap,
         label=label,

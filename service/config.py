@@ -15,6 +15,7 @@
 | `TRANSFIGURE_MAX_PIXELS` | `40000000` | decoded pixel limit per image, checked from the header before decoding (decompression bombs); 413 above it |
 | `TRANSFIGURE_MAX_PIXELS_IN_FLIGHT` | `MAX_PIXELS` | pixels of the `/translate` and `/upscale` inputs a worker works on at once (decode to encode); a request that would pass it while others run gets 503 with Retry-After (a request alone is always admitted), so memory stays that of about one largest image (`service/admission.py`) |
 | `TRANSFIGURE_MAX_SIDE` | `0` (never) | `/translate`: downscale so the longer side is at most this; by default images are translated at their own resolution |
+| `TRANSFIGURE_FULLRES_MAX_SIDE` | `1024` | `/translate` and `transfigure batch`, only for models whose network runs at full resolution (card `input.multiple_of` > 1): the network runs on a copy whose longer side is at most this and the output is resized back to the input's size, with an `X-Transfigure-Processed-Size: WxH` header; `0` = off. Resolution-free translators (`multiple_of` 1) are never resized by it |
 | `TRANSFIGURE_MIN_SIDE` | `1` | images with a side shorter than this are refused |
 | `TRANSFIGURE_MAX_ASPECT` | `32` | longer/shorter side above this is refused |
 | `TRANSFIGURE_MAX_UPSCALE_PIXELS` | `4000000` | `/upscale` input pixel limit (the output is scale² larger) |

@@ -11,6 +11,12 @@ Choices a user can observe:
 * Animated images (GIF, APNG, WebP): the first frame is used.
 * Size: an image is translated at its own resolution; ``Limits.max_side`` (off by default) is an
   opt-in downscale. The limits (bytes, pixels, aspect) refuse what is too large instead.
+* Full-resolution networks: a translate model whose card says ``input.multiple_of > 1`` (a U-Net,
+  a ResNet CycleGAN) needs memory and time in proportion to the pixels it runs on, so it runs on a
+  copy whose longer side is at most ``Limits.fullres_max_side`` (1024 by default), and its output
+  is resized back to the image's size; the output records the size the network ran at
+  (``DecodedImage.processed_size``). Resolution-free translators (``multiple_of`` 1) always run on
+  the image itself (``network_size``).
 * Small images: there is no minimum size by default (``min_side=1``). Images are padded to the
   model's ``multiple_of`` (and to at least ``MIN_TRANSLATE_SIDE`` for translation) by reflection,
   which numpy repeats for pads wider than the image (a 1-pixel side is replicated); the
@@ -32,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.card import IMAGE_INPUT, LABEL_INPUT, Z_INPUT, ImageSpec
+from models.card import IMAGE_INPUT, LABEL_INPUT, Z_INPUT, ImageSpec, ModelCard
 from service.png import encode_png
 
 if TYPE_CHECKING:  # keep this module importable for type checkers without onnxruntime at import time
@@ -96,6 +102,8 @@ class Limits:
     max_bytes: int = 20 * 1024 * 1024  # encoded upload size
     max_pixels: int = 40_000_000  # decoded width x height, checked before decoding (bombs)
     max_side: int | None = None  # translate: downscale so the longer side is at most this (None: never)
+    # translate models with input.multiple_of > 1: run the network at most this side, resize back (None: never)
+    fullres_max_side: int | None = 1024
     min_side: int = 1  # shorter side below this is refused
     max_aspect: float = 32.0  # longer side / shorter side above this is refused
     max_upscale_pixels: int = 4_000_000  # upscale input; the output is scale^2 times larger
@@ -107,10 +115,12 @@ class Limits:
         """Read ``TRANSFIGURE_*`` variables (table in service/config.py); unset means default."""
         d = cls()
         max_side = _env_int("TRANSFIGURE_MAX_SIDE", d.max_side)
+        fullres_max_side = _env_int("TRANSFIGURE_FULLRES_MAX_SIDE", d.fullres_max_side)
         return cls(
             max_bytes=_env_int("TRANSFIGURE_MAX_BYTES", d.max_bytes) or d.max_bytes,
             max_pixels=_env_int("TRANSFIGURE_MAX_PIXELS", d.max_pixels) or d.max_pixels,
             max_side=max_side if max_side and max_side > 0 else None,
+            fullres_max_side=fullres_max_side if fullres_max_side and fullres_max_side > 0 else None,
             min_side=max(1, _env_int("TRANSFIGURE_MIN_SIDE", d.min_side) or 1),
             max_aspect=_env_float("TRANSFIGURE_MAX_ASPECT", d.max_aspect),
             max_upscale_pixels=_env_int("TRANSFIGURE_MAX_UPSCALE_PIXELS", d.max_upscale_pixels)
@@ -130,6 +140,8 @@ class DecodedImage:
     source_format: str = ""  # "png", "jpeg", ... ("" when made in memory)
     was_grey: bool = False  # encode as grey (L / LA) when True
     extra: dict[str, object] = field(default_factory=dict)  # e.g. {"frames": 12} for animations
+    # a translation's output: the (width, height) its network ran at, when smaller than the image
+    processed_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -261,13 +273,28 @@ def _resize_plane(arr: np.ndarray, size: tuple[int, int], resample: Image.Resamp
     return np.asarray(Image.fromarray(arr).resize(size, resample))
 
 
+def _resize_planes(arr: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    """H x W x C uint8 -> size[1] x size[0] x C, one plane at a time (no 4-byte-per-pixel RGBX copy)."""
+    out = np.empty((size[1], size[0], arr.shape[2]), np.uint8)
+    for c in range(arr.shape[2]):
+        out[:, :, c] = _resize_plane(np.ascontiguousarray(arr[:, :, c]), size, resample)
+    return out
+
+
+def fit_within(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down (never up) so that the longer side is at most ``max_side``."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return size
+    s = max_side / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
 def resize_to_max_side(img: DecodedImage, max_side: int | None) -> DecodedImage:
     """Downscale (never upscale) so that the longer side is at most ``max_side``; keeps the aspect."""
-    w, h = img.size
-    if not max_side or max(w, h) <= max_side:
+    size = fit_within(img.size, max_side)
+    if size == img.size:
         return img
-    s = max_side / max(w, h)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
     rgb = _resize_plane(img.rgb, size, Image.Resampling.LANCZOS)
     alpha = None if img.alpha is None else _resize_plane(img.alpha, size, Image.Resampling.LANCZOS)
     return replace(img, rgb=rgb, alpha=alpha)
@@ -322,34 +349,87 @@ def _rgb(planes: np.ndarray) -> np.ndarray:
     return planes if planes.shape[2] == 3 else np.repeat(planes[:, :, :1], 3, axis=2)
 
 
-def _run_image(model: LoadedModel, rgb: np.ndarray, scale: int, min_side: int) -> np.ndarray:
-    """One inference on a whole H x W x 3 image: pad, run, crop to (H*scale, W*scale); H x W x C uint8."""
+def _run_images(model: LoadedModel, rgbs: list[np.ndarray], scale: int, min_side: int) -> np.ndarray:
+    """One inference on whole H x W x 3 images of one size: pad, run, crop; N x H*scale x W*scale x C uint8."""
     card = model.card
     assert card.input is not None
-    h, w = rgb.shape[:2]
-    x = pad_to_multiple(to_tensor(rgb, card.input), card.input.multiple_of, min_side)
+    h, w = rgbs[0].shape[:2]
+    if any(rgb.shape[:2] != (h, w) for rgb in rgbs):
+        raise ValueError("images run in one inference must have one size")
+    x = (
+        to_tensor(rgbs[0], card.input)
+        if len(rgbs) == 1
+        else np.concatenate([to_tensor(r, card.input) for r in rgbs])
+    )
+    x = pad_to_multiple(x, card.input.multiple_of, min_side)
     y = model.run({IMAGE_INPUT: x})
     ph, pw = x.shape[-2:]
-    if y.ndim != 4 or y.shape[-2:] != (ph * scale, pw * scale):
+    if y.ndim != 4 or y.shape[0] != len(rgbs) or y.shape[-2:] != (ph * scale, pw * scale):
         raise RuntimeError(
             f"model '{model.name}' returned shape {tuple(y.shape)} for input {tuple(x.shape)}; "
-            f"expected N x C x {ph * scale} x {pw * scale} (its card says scale {scale})"
+            f"expected {len(rgbs)} x C x {ph * scale} x {pw * scale} (its card says scale {scale})"
         )
-    return from_tensor(y[:, :, : h * scale, : w * scale], card.output)[0]
+    return from_tensor(y[:, :, : h * scale, : w * scale], card.output)
+
+
+def _run_image(model: LoadedModel, rgb: np.ndarray, scale: int, min_side: int) -> np.ndarray:
+    """One inference on a whole H x W x 3 image: pad, run, crop to (H*scale, W*scale); H x W x C uint8."""
+    return _run_images(model, [rgb], scale, min_side)[0]
 
 
 # -- the three tasks ---------------------------------------------------------------------------
 
 
-def translate_image(model: LoadedModel, img: DecodedImage) -> DecodedImage:
-    """Translate a whole image (no tiling: instance norm needs the whole picture); same size out."""
-    out = _run_image(model, img.rgb, scale=1, min_side=MIN_TRANSLATE_SIDE)
-    return DecodedImage(
-        rgb=_rgb(out),
-        alpha=img.alpha,
-        source_format=img.source_format,
-        was_grey=model.card.output.channels == 1,
-    )
+def network_size(card: ModelCard, size: tuple[int, int], fullres_max_side: int | None) -> tuple[int, int]:
+    """The (width, height) a translate model's network runs at for an image of ``size``.
+
+    A resolution-free translator (``input.multiple_of`` 1: a network on a small copy plus a guided
+    filter) runs on the image itself. A full-resolution network (``multiple_of`` > 1) runs on a
+    copy whose longer side is at most ``fullres_max_side`` (``TRANSFIGURE_FULLRES_MAX_SIDE``; None:
+    the image itself), as its memory and time grow with the pixels.
+    """
+    if card.input is None or card.input.multiple_of <= 1:
+        return size
+    return fit_within(size, fullres_max_side)
+
+
+def translate_images(
+    model: LoadedModel, images: list[DecodedImage], fullres_max_side: int | None = None
+) -> list[DecodedImage]:
+    """Translate whole images of one size in one inference (no tiling: instance norm needs the whole
+    picture); each comes out at its own size, with its alpha unchanged.
+
+    Where ``network_size`` is smaller than the images, the network runs on Lanczos-downscaled copies
+    and its outputs are resized back (bicubic); ``processed_size`` of each output says so.
+    Translate models have a dynamic batch axis and normalise per sample, so batching only changes speed.
+    """
+    size = images[0].size
+    run_size = network_size(model.card, size, fullres_max_side)
+    shrunk = run_size != size
+    rgbs = [_resize_plane(im.rgb, run_size, Image.Resampling.LANCZOS) if shrunk else im.rgb for im in images]
+    outs = _run_images(model, rgbs, scale=1, min_side=MIN_TRANSLATE_SIDE)
+    del rgbs
+    grey = model.card.output.channels == 1
+    results = []
+    for i, im in enumerate(images):
+        out = _resize_planes(outs[i], size, Image.Resampling.BICUBIC) if shrunk else outs[i]
+        results.append(
+            DecodedImage(
+                rgb=_rgb(out),
+                alpha=im.alpha,
+                source_format=im.source_format,
+                was_grey=grey,
+                processed_size=run_size if shrunk else None,
+            )
+        )
+    return results
+
+
+def translate_image(
+    model: LoadedModel, img: DecodedImage, fullres_max_side: int | None = None
+) -> DecodedImage:
+    """Translate one image (``translate_images``); same size out."""
+    return translate_images(model, [img], fullres_max_side)[0]
 
 
 def upscale_image(model: LoadedModel, img: DecodedImage, tile: int = 256, overlap: int = 16) -> DecodedImage:

@@ -6,7 +6,10 @@ from a URL):
 * ``/translate`` — ``image`` + ``model`` (a translate model) [+ ``max_side``, ``format`` png|jpeg|webp]
   -> the translated image at the input's own size: a 12-MP photo comes back at 12 MP. ``max_side``
   is an opt-in downscale of the input first (it can only lower ``TRANSFIGURE_MAX_SIDE``, which is
-  off by default). Inputs are bounded instead by ``TRANSFIGURE_MAX_BYTES`` (413),
+  off by default). A model whose network runs at full resolution (card ``input.multiple_of`` > 1)
+  runs on a copy at most ``TRANSFIGURE_FULLRES_MAX_SIDE`` (1024) px a side, and its output is resized
+  back to the input's size; the answer then carries ``X-Transfigure-Processed-Size: WxH``, the size
+  the network ran at. Inputs are bounded instead by ``TRANSFIGURE_MAX_BYTES`` (413),
   ``TRANSFIGURE_MAX_PIXELS`` (40 MP, 413) and ``TRANSFIGURE_MAX_ASPECT`` (400), and a worker by
   ``TRANSFIGURE_MAX_PIXELS_IN_FLIGHT`` (503 with Retry-After while it is full).
 * ``/upscale`` — ``image`` + ``model`` (an upscale model) [+ ``format``] -> the image, ``scale`` x larger,
@@ -76,6 +79,8 @@ MAX_NAME_CHARS = 256  # model and label names longer than this are refused witho
 # A translate input larger than this runs alone on every ORT thread (InferenceSlots, exclusive): its
 # inference holds memory in proportion to its pixels, so two large ones side by side would double it.
 EXCLUSIVE_ABOVE_PIXELS = 512 * 512
+# Set when a full-resolution network ran on a smaller copy (imaging.network_size): "WxH" it ran at.
+PROCESSED_SIZE_HEADER = "X-Transfigure-Processed-Size"
 
 
 def _sample_rows(rows: Any) -> np.ndarray:
@@ -471,7 +476,7 @@ class Transfigure:
     # -- translate / upscale -------------------------------------------------------------------
     def _translate_sync(
         self, model: LoadedModel, data: bytes, max_side: int | None, fmt: str
-    ) -> tuple[bytes, str, str]:
+    ) -> tuple[bytes, str, str, dict[str, str]]:
         timer = _StageTimer()
         limits = self.config.limits
         w, h = imaging.peek_size(data, limits)  # 4xx for a bad or oversized file, before any memory is held
@@ -479,15 +484,18 @@ class Transfigure:
             img = imaging.decode_image(data, limits)
             img = imaging.resize_to_max_side(img, max_side)
             timer.lap("decode")
-            pixels = img.rgb.shape[0] * img.rgb.shape[1]
-            with self._infer.slot(exclusive=pixels > EXCLUSIVE_ABOVE_PIXELS):
+            run_w, run_h = imaging.network_size(model.card, img.size, limits.fullres_max_side)
+            with self._infer.slot(exclusive=run_w * run_h > EXCLUSIVE_ABOVE_PIXELS):
                 timer.lap("queue")
-                out = imaging.translate_image(model, img)
+                out = imaging.translate_image(model, img, limits.fullres_max_side)
                 timer.lap("infer")
             del img
             body, media_type = imaging.encode_image(out, fmt)
             timer.lap("encode")
-        return body, media_type, timer.header()
+        extra: dict[str, str] = {}
+        if out.processed_size is not None:
+            extra[PROCESSED_SIZE_HEADER] = "{}x{}".format(*out.processed_size)
+        return body, media_type, timer.header(), extra
 
     def _upscale_sync(self, model: LoadedModel, data: bytes, fmt: str) -> tuple[bytes, str, str]:
         timer = _StageTimer()
@@ -522,18 +530,21 @@ class Transfigure:
     ) -> ImageFile:
         """Translate an image with a `translate` model at its own size (max_side: opt-in downscale first).
 
+        A model whose network runs at full resolution (card `input.multiple_of` > 1) runs on a copy of
+        at most TRANSFIGURE_FULLRES_MAX_SIDE px a side and its output is resized back to the input's
+        size; the answer's `X-Transfigure-Processed-Size` header (WxH) then names the size it ran at.
         `format` png | jpeg | webp; when left out, the `Accept` header decides (PNG by default).
         """
         m = self._model(model, "translate")
         fmt = self._format(format, ctx)
         side = effective_max_side(self.config.limits.max_side, max_side)
         try:
-            body, media_type, timing = await _in_thread(
+            body, media_type, timing, extra = await _in_thread(
                 self._translate_sync, m, image.read_bytes(), side, fmt
             )
         except ServerBusy as e:
             return _busy(e, ctx)  # type: ignore[return-value]
-        headers = {"X-Model": m.name, "Server-Timing": timing, "Vary": "Accept"}
+        headers = {"X-Model": m.name, "Server-Timing": timing, "Vary": "Accept", **extra}
         return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
     @bentoml.api

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from service import batch
-from service.imaging import Limits, decode_image, sample_images, translate_image
+from service.imaging import Limits, decode_image, sample_images, translate_image, translate_images
 from service.zoo import Zoo
-from tests.tiny_models import make_zoo
+from tests.tiny_models import make_model, make_zoo
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[1]
@@ -376,7 +376,7 @@ def test_batched_translation_equals_one_by_one(zoo: Zoo) -> None:
         Image.fromarray(rgba, "RGBA").save(buf, "PNG")
         imgs.append(decode_image(buf.getvalue(), Limits()))
         assert imgs[i].alpha is not None
-    many = batch.translate_many(model, imgs)
+    many = translate_images(model, imgs)
     for img, got in zip(imgs, many, strict=True):
         one = translate_image(model, img)
         np.testing.assert_array_equal(got.rgb, one.rgb)
@@ -387,16 +387,54 @@ def test_images_are_translated_at_their_own_size_unless_max_side_says(
     tmp_path: Path, zoo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("TRANSFIGURE_MAX_SIDE", raising=False)
+    monkeypatch.delenv("TRANSFIGURE_FULLRES_MAX_SIDE", raising=False)
     src = tmp_path / "in"
-    write_image(src / "big.png", (2400, 1600), seed=3)
-    out = tmp_path / "out"
-    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src, "--output", out) == 0
+    write_image(src / "big.png", (1500, 1000), seed=3)
+    inverted = 255 - np.asarray(Image.open(src / "big.png")).astype(int)
+    free_zoo = tmp_path / "free_zoo"
+    make_model(free_zoo, "translate", "free", multiple_of=1)  # resolution-free by its card
+    out = tmp_path / "free"
+    assert run_batch(free_zoo, "--model", "free", "--input", src, "--output", out) == 0
     got = np.asarray(Image.open(out / "big.png")).astype(int)
-    assert got.shape == (1600, 2400, 3)
-    assert np.array_equal(got, 255 - np.asarray(Image.open(src / "big.png")).astype(int))
+    assert got.shape == (1000, 1500, 3) and np.array_equal(got, inverted)  # the image itself
+    assert "processed_size" not in reports(out)[0]
     assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src, "--output", tmp_path / "small",
                      "--max-side", 600) == 0  # fmt: skip
     assert Image.open(tmp_path / "small" / "big.png").size == (600, 400)
+    assert "processed_size" not in reports(tmp_path / "small")[0]
+
+
+def test_a_full_resolution_network_runs_bounded_and_answers_at_the_input_size(
+    tmp_path: Path, zoo_dir: Path, zoo: Zoo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRANSFIGURE_MAX_SIDE", raising=False)
+    monkeypatch.delenv("TRANSFIGURE_FULLRES_MAX_SIDE", raising=False)
+    src = tmp_path / "in"
+    write_image(src / "big.png", (1500, 1000), seed=3)
+    write_image(src / "small.png", (300, 200), seed=4)
+    model = zoo.get("tiny-translate")  # multiple_of 4: a full-resolution network
+    img = decode_image((src / "big.png").read_bytes(), Limits())
+    out = tmp_path / "default"
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src, "--output", out) == 0
+    got = np.asarray(Image.open(out / "big.png"))
+    assert got.shape == (1000, 1500, 3)  # the input's size, run at the default 1024 px
+    np.testing.assert_array_equal(got, translate_images(model, [img], 1024)[0].rgb)  # the service's path
+    processed = {r["input"]: r.get("processed_size") for r in reports(out)}
+    assert processed == {"big.png": "1024x683", "small.png": None}
+    monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "600")
+    out = tmp_path / "env"
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src / "big.png", "--output", out) == 0
+    assert Image.open(out / "big.png").size == (1500, 1000)
+    assert reports(out)[0]["processed_size"] == "600x400"
+    out = tmp_path / "off"  # the flag wins over the environment; 0 = off
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src / "big.png", "--output", out,
+                     "--fullres-max-side", 0) == 0  # fmt: skip
+    got = np.asarray(Image.open(out / "big.png")).astype(int)
+    assert np.array_equal(got, 255 - img.rgb.astype(int)) and "processed_size" not in reports(out)[0]
+    out = tmp_path / "lowered"  # --max-side still lowers first; the bound then has nothing to do
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", src / "big.png", "--output", out,
+                     "--max-side", 300) == 0  # fmt: skip
+    assert Image.open(out / "big.png").size == (300, 200) and "processed_size" not in reports(out)[0]
 
 
 def test_windows_bound_the_pixels_decoded_ahead(tmp_path: Path) -> None:

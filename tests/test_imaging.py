@@ -24,6 +24,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
     root = make_zoo(tmp_path_factory.mktemp("zoo"))
     make_model(root, "translate", "grey", channels=1)
     make_model(root, "translate", "mult8", multiple_of=8)
+    make_model(root, "translate", "free", multiple_of=1)  # resolution-free by its card
     make_model(root, "upscale", "x3", scale=3)
     return Zoo.load(root, threads=1)
 
@@ -197,6 +198,32 @@ def test_images_keep_their_resolution_by_default(monkeypatch: pytest.MonkeyPatch
     assert Limits.from_env().max_side == 1024
 
 
+def test_fullres_max_side_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRANSFIGURE_FULLRES_MAX_SIDE", raising=False)
+    assert Limits().fullres_max_side == 1024 and Limits.from_env().fullres_max_side == 1024
+    monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "512")
+    assert Limits.from_env().fullres_max_side == 512
+    monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "0")  # off
+    assert Limits.from_env().fullres_max_side is None
+    monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "big")
+    with pytest.raises(ValueError, match="TRANSFIGURE_FULLRES_MAX_SIDE"):
+        Limits.from_env()
+
+
+def test_network_size_bounds_only_full_resolution_networks(zoo: Zoo) -> None:
+    full, free = zoo.get("tiny-translate").card, zoo.get("free").card
+    assert full.input.multiple_of > 1 and free.input.multiple_of == 1
+    assert imaging.network_size(full, (4000, 3000), 1024) == (1024, 768)
+    assert imaging.network_size(full, (1500, 4000), 1024) == (384, 1024)
+    assert imaging.network_size(full, (1024, 700), 1024) == (1024, 700)  # within the bound
+    assert imaging.network_size(full, (4000, 3000), None) == (4000, 3000)  # off
+    assert imaging.network_size(free, (4000, 3000), 1024) == (4000, 3000)  # never for multiple_of 1
+    assert (
+        imaging.fit_within((4000, 3000), 1024)
+        == imaging.resize_to_max_side(DecodedImage(rgb=np.zeros((3000, 4000, 3), np.uint8)), 1024).size
+    )  # one rule for both downscales
+
+
 def test_peek_size_reads_the_header_and_applies_the_limits() -> None:
     big = _bytes(Image.new("1", (5000, 4000)))  # 20 MP declared, a few kB of file
     assert imaging.peek_size(big, LIMITS) == (5000, 4000)
@@ -272,6 +299,30 @@ def test_translate_pads_and_crops_back(zoo: Zoo, size: tuple[int, int]) -> None:
     assert out.rgb.shape == rgb.shape  # never distorted, never resized
     assert np.abs(out.rgb.astype(int) - (255 - rgb.astype(int))).max() <= 1  # the tiny model inverts
     assert out.alpha is alpha  # carried through unchanged
+
+
+def test_a_full_resolution_network_runs_bounded_and_answers_at_the_input_size(zoo: Zoo) -> None:
+    rgb = np.asarray(_photo(300, 200))
+    alpha = np.tile(np.linspace(0, 255, 300, dtype=np.uint8), (200, 1))
+    img = DecodedImage(rgb=rgb, alpha=alpha)
+    out = imaging.translate_image(zoo.get("tiny-translate"), img, fullres_max_side=120)
+    assert out.rgb.shape == rgb.shape and out.processed_size == (120, 80)
+    assert out.alpha is alpha  # the input's own alpha, never resized
+    diff = np.abs(out.rgb.astype(int) - (255 - rgb.astype(int)))
+    assert diff.mean() < 8 and diff.max() > 1  # the inversion, through a 120 x 80 copy
+    # resized copies run at that size exactly: the same as translating the downscaled image
+    small = imaging.resize_to_max_side(img, 120)
+    want = imaging.translate_image(zoo.get("tiny-translate"), small).rgb
+    got = np.asarray(Image.fromarray(out.rgb).resize((120, 80), Image.Resampling.LANCZOS)).astype(int)
+    assert np.abs(got - want.astype(int)).mean() < 3
+    # within the bound, off, or a resolution-free model: the image itself, exactly
+    for name, bound in (("tiny-translate", 300), ("tiny-translate", None), ("free", 120)):
+        same = imaging.translate_image(zoo.get(name), img, fullres_max_side=bound)
+        assert same.processed_size is None
+        assert np.abs(same.rgb.astype(int) - (255 - rgb.astype(int))).max() <= 1
+    grey = imaging.translate_image(zoo.get("grey"), img, fullres_max_side=120)  # one output channel
+    assert grey.rgb.shape == rgb.shape and grey.was_grey and grey.processed_size == (120, 80)
+    np.testing.assert_array_equal(grey.rgb[:, :, 0], grey.rgb[:, :, 2])
 
 
 def test_translate_multiple_of_8_smaller_than_the_pad(zoo: Zoo) -> None:

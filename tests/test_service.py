@@ -4,7 +4,9 @@ The integration server is started ONCE for the module (start-up is slow on 2 cor
 an API token, a small tile size, a 2 MiB upload limit, a 13-MP budget of pixels in flight and
 TRANSFIGURE_STRICT=0 with one broken model in its zoo, so that those paths are exercised by the
 same server. Its zoo also holds an untrained GuidedTranslator exported by ``training.export``
-(when torch is installed) for requests at 12 MP.
+(when torch is installed) for requests at 12 MP, and beside the tiny translator (``multiple_of`` 4:
+a full-resolution network, bounded by the default TRANSFIGURE_FULLRES_MAX_SIDE of 1024) the same
+graph with a card that says ``multiple_of`` 1 (resolution-free: never resized).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PIXELS_IN_FLIGHT = 13_000_000  # the test server's budget: one 12-MP photo at a time
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-TRANSLATE_MODELS = "guided, tiny-translate" if HAS_TORCH else "tiny-translate"  # the test server's
+TRANSLATE_MODELS = ("guided, " if HAS_TORCH else "") + "tiny-free, tiny-translate"  # the test server's
 
 
 def _jpeg(w: int, h: int) -> bytes:
@@ -261,6 +263,7 @@ _ARBITERS: dict[str, int] = {}  # server URL -> pid of its `bentoml serve`
 @pytest.fixture(scope="module")
 def zoo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_zoo(tmp_path_factory.mktemp("served_zoo"))
+    make_model(root, "translate", "tiny-free", multiple_of=1)  # resolution-free by its card
     make_model(root, "sample", "broken")
     (root / "broken" / "model.onnx").write_bytes(b"not onnx")
     if HAS_TORCH:
@@ -360,7 +363,7 @@ def test_health_metrics_docs(server: str, http: httpx.Client) -> None:
 @pytest.mark.integration
 def test_models_lists_cards_and_unavailable(http: httpx.Client) -> None:
     listing = http.get("/models").json()
-    names = ["guided"] * HAS_TORCH + ["tiny-sample", "tiny-translate", "tiny-upscale"]
+    names = ["guided"] * HAS_TORCH + ["tiny-free", "tiny-sample", "tiny-translate", "tiny-upscale"]
     assert [m["name"] for m in listing["models"]] == names
     assert all(m["available"] for m in listing["models"])
     assert "broken" in listing["unavailable"]
@@ -406,12 +409,46 @@ def test_translate_options_and_alpha(http: httpx.Client) -> None:
     assert r.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(r.content)).size == (16, 8)
     # no downscale unless asked for: the answer has the input's own size
     data = _png(1500, 700)
-    r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-translate")
+    r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-free")
     got = np.asarray(Image.open(io.BytesIO(r.content))).astype(int)
     want = 255 - np.asarray(Image.open(io.BytesIO(data))).astype(int)
     assert got.shape == (700, 1500, 3) and np.abs(got - want).max() <= 1
-    r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-translate", max_side=1000)
+    assert "x-transfigure-processed-size" not in r.headers
+    r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-free", max_side=1000)
     assert Image.open(io.BytesIO(r.content)).size == (1000, 467)  # the opt-in downscale
+
+
+@pytest.mark.integration
+def test_a_full_resolution_network_runs_bounded_and_the_answer_says_so(
+    http: httpx.Client, zoo_root: Path
+) -> None:
+    data = _jpeg(2000, 1500)
+    src = imaging.decode_image(data, imaging.Limits())
+    inverted = 255 - src.rgb.astype(int)
+    model = Zoo.load(zoo_root, names=["tiny-translate"], threads=1).get("tiny-translate")
+
+    def translate(name: str, **fields: object) -> tuple[np.ndarray, str | None]:
+        r = _post(http, "/translate", {"image": ("photo.jpg", data)}, model=name, **fields)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-model"] == name
+        out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+        return out, r.headers.get("x-transfigure-processed-size")
+
+    # multiple_of 4: run on a 1024 x 768 copy, answered at the input's size, and the header says so
+    got, processed = translate("tiny-translate")
+    assert got.shape == (1500, 2000, 3) and processed == "1024x768"
+    np.testing.assert_array_equal(got, imaging.translate_image(model, src, 1024).rgb)  # one path
+    assert 0 < np.abs(got - inverted).mean() < 3  # the inversion, through the smaller copy
+    # resolution-free (multiple_of 1): the photo itself, no header
+    got, processed = translate("tiny-free")
+    assert got.shape == (1500, 2000, 3) and processed is None
+    assert np.abs(got - inverted).max() <= 1
+    # max_side still lowers first, for either model; the bound applies to what is left
+    for name in ("tiny-translate", "tiny-free"):
+        got, processed = translate(name, max_side=1000)
+        assert got.shape == (750, 1000, 3) and processed is None
+    got, processed = translate("tiny-translate", max_side=1600)
+    assert got.shape == (1200, 1600, 3) and processed == "1024x768"
 
 
 @pytest.mark.integration
@@ -473,6 +510,7 @@ def test_a_12_megapixel_photo_is_translated_at_its_own_size(http: httpx.Client, 
     out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
     src = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
     assert out.shape == (3000, 4000, 3)
+    assert "x-transfigure-processed-size" not in r.headers  # resolution-free: run at 12 MP
     change = np.abs(out - src).mean()
     assert 0.5 < change < 40, change  # translated (a perturbed translator), not replaced
     stages = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
