@@ -1,8 +1,10 @@
 """k8s/: render every kustomization, validate the objects strictly, and check what we promise.
 
 Rendering uses ``kubectl kustomize`` or ``kustomize build`` when one is on PATH. Without either,
-base/ and batch/ are rendered by a small PyYAML fallback (resources + namespace + images +
+base/, batch/ and train/ are rendered by a small PyYAML fallback (resources + namespace + images +
 configMapGenerator literals, which is all they use) and the overlays are skipped with the reason.
+Core objects are validated with kubernetes-validate; the training job (a Kubeflow PyTorchJob) with
+the operator's CRD schema in tests/schemas/ (its pod templates with kubernetes-validate again).
 """
 
 from __future__ import annotations
@@ -22,13 +24,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-TARGETS = {"base": "base", "dev": "overlays/dev", "prod": "overlays/prod", "batch": "batch"}
-FALLBACK_TARGETS = {"base", "batch"}  # these use only what the fallback renderer understands
+TARGETS = {"base": "base", "dev": "overlays/dev", "prod": "overlays/prod", "batch": "batch", "train": "train"}
+FALLBACK_TARGETS = {"base", "batch", "train"}  # these use only what the fallback renderer understands
+PYTORCHJOB_CRD = ROOT / "tests" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
+ELIDED = "x-transfigure-elided"  # where the committed CRD leaves out a copy of a core Kubernetes type
+IMAGES = ("transfigure:", "transfigure-train:")  # the Bento image; the training image (k8s/train/Dockerfile)
 BENTO_UID = 1034
 REQUIRED_CONFIG = {
     "TRANSFIGURE_MAX_BYTES",
     "TRANSFIGURE_MAX_PIXELS",
     "TRANSFIGURE_MAX_SIDE",
+    "TRANSFIGURE_FULLRES_MAX_SIDE",
     "TRANSFIGURE_TILE",
     "TRANSFIGURE_MODELS",
     "TRANSFIGURE_WORKERS",
@@ -114,9 +120,16 @@ def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every pod spec of a workload: one, or one per replica type of a PyTorchJob."""
+    if doc.get("kind") == "PyTorchJob":
+        return [r["template"]["spec"] for r in doc["spec"]["pytorchReplicaSpecs"].values()]
     spec = _pod_spec(doc)
-    return [] if spec is None else [*spec.get("initContainers", []), *spec["containers"]]
+    return [] if spec is None else [spec]
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for spec in _pod_specs(doc) for c in [*spec.get("initContainers", []), *spec["containers"]]]
 
 
 def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -181,7 +194,10 @@ def test_kubernetes_validate_strict(rendered: dict[str, list[dict[str, Any]]], t
     kv = pytest.importorskip("kubernetes_validate")
     version = kv.latest_version()
     for doc in _target(rendered, target):
-        kv.validate(doc, version, strict=True)  # raises ValidationError naming the field
+        if doc["kind"] == "PyTorchJob":
+            _validate_pytorchjob(doc)
+        else:
+            kv.validate(doc, version, strict=True)  # raises ValidationError naming the field
 
 
 def test_strict_validation_catches_a_typo(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -200,25 +216,23 @@ def test_strict_validation_catches_a_typo(rendered: dict[str, list[dict[str, Any
 
 @ALL
 def test_pods_are_restricted(rendered: dict[str, list[dict[str, Any]]], target: str) -> None:
-    workloads = [d for d in _target(rendered, target) if _pod_spec(d) is not None]
+    workloads = [d for d in _target(rendered, target) if _pod_specs(d)]
     assert workloads
-    for d in workloads:
-        spec = _pod_spec(d)
-        assert spec is not None
+    for spec in [spec for d in workloads for spec in _pod_specs(d)]:
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] == BENTO_UID
         assert psc["seccompProfile"]["type"] == "RuntimeDefault"
         assert spec.get("automountServiceAccountToken") is False
         assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
         empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
-        for c in _containers(d):
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
             sc = c["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False
             assert sc["readOnlyRootFilesystem"] is True
             assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
             assert sc.get("privileged", False) is False
             assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-            assert c["image"].split("/")[-1].startswith("transfigure:")
+            assert c["image"].split("/")[-1].startswith(IMAGES)
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             assert mounts.get("/tmp") in empty_dirs, "a read-only root needs a writable /tmp"
             env = _config(_target(rendered, target), c)
@@ -254,6 +268,8 @@ def test_deployment_probes_drain_and_config(rendered: dict[str, list[dict[str, A
 
     env = _config(docs, c)
     assert set(env) >= REQUIRED_CONFIG
+    # answers keep the input's size: only full-resolution networks run on a bounded copy
+    assert int(env["TRANSFIGURE_MAX_SIDE"]) == 0 and int(env["TRANSFIGURE_FULLRES_MAX_SIDE"]) > 0
     token = [e for e in c["env"] if e["name"] == "TRANSFIGURE_API_TOKEN"]
     assert token and token[0]["valueFrom"]["secretKeyRef"]["optional"] is True
 
@@ -339,7 +355,11 @@ def test_batch_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
     data_mounts = [m["mountPath"] for m in c["volumeMounts"] if m["name"] in claims]
     for path in (args.input, str(args.output)):
         assert any(path.startswith(m.rstrip("/") + "/") for m in data_mounts), f"{path} is not on the PVC"
-    assert _cpu(c["resources"]["limits"]["cpu"]) == int(_config(docs, c)["TRANSFIGURE_THREADS"])
+    env = _config(docs, c)
+    assert _cpu(c["resources"]["limits"]["cpu"]) == int(env["TRANSFIGURE_THREADS"])
+    # outputs keep their input's size; a full-resolution network runs on a bounded copy
+    assert args.max_side is None and int(env.get("TRANSFIGURE_MAX_SIDE", "0")) == 0
+    assert args.fullres_max_side is None and int(env["TRANSFIGURE_FULLRES_MAX_SIDE"]) > 0
     codes = [r for r in spec.get("podFailurePolicy", {}).get("rules", []) if r["action"] == "FailIndex"]
     assert codes and 1 in codes[0]["onExitCodes"]["values"]  # bad inputs are not retried
     netpol = _one(docs, "NetworkPolicy")
@@ -347,6 +367,160 @@ def test_batch_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
         netpol["spec"]["podSelector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     )
     assert netpol["spec"].get("ingress", []) == [] and netpol["spec"].get("egress", []) == []
+
+
+# -- the training job: a Kubeflow PyTorchJob ---------------------------------------------------------
+
+
+def _strict_schema(node: dict[str, Any]) -> dict[str, Any]:
+    """A CRD schema as the API server applies it with strict field validation (``kubectl apply
+    --validate=strict``): an unknown field is an error instead of being pruned silently."""
+    node = dict(node)
+    if "properties" in node:
+        node["properties"] = {k: _strict_schema(v) for k, v in node["properties"].items()}
+        if "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
+            node[key] = _strict_schema(node[key])
+    for key in ("anyOf", "allOf", "oneOf"):
+        if key in node:
+            node[key] = [_strict_schema(v) for v in node[key]]
+    return node
+
+
+def _crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    crd = yaml.safe_load(PYTORCHJOB_CRD.read_text())
+    group, version = api_version.split("/")
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (group, kind), f"no CRD for {kind}"
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version and v["served"]]
+    return served["schema"]["openAPIV3Schema"]
+
+
+def _elided(node: dict[str, Any], path: str = "") -> dict[str, str]:
+    found = {path: node[ELIDED]} if ELIDED in node else {}
+    for key, child in node.get("properties", {}).items():
+        found.update(_elided(child, f"{path}.{key}" if path else key))
+    if isinstance(node.get("additionalProperties"), dict):
+        found.update(_elided(node["additionalProperties"], f"{path}.*"))
+    if isinstance(node.get("items"), dict):
+        found.update(_elided(node["items"], f"{path}[]"))
+    return found
+
+
+def _validate_pytorchjob(doc: dict[str, Any]) -> None:
+    """The operator's CRD schema, strictly; each pod template as a core/v1 PodTemplate (the type the
+    committed CRD copy leaves out). Raises jsonschema's or kubernetes-validate's ValidationError."""
+    jsonschema = pytest.importorskip("jsonschema")
+    kv = pytest.importorskip("kubernetes_validate")
+    jsonschema.validate(doc, _strict_schema(_crd_schema(doc["apiVersion"], doc["kind"])))
+    metrics = doc["spec"].get("elasticPolicy", {}).get("metrics")
+    assert not metrics, "elasticPolicy.metrics is left out of the committed CRD: it cannot be checked here"
+    for role, replica in doc["spec"]["pytorchReplicaSpecs"].items():
+        pod_template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": f"{doc['metadata']['name']}-{role.lower()}"},
+            "template": replica["template"],
+        }
+        kv.validate(pod_template, kv.latest_version(), strict=True)
+
+
+def test_committed_crd_names_its_source_and_leaves_out_only_core_types() -> None:
+    header = PYTORCHJOB_CRD.read_text().split("\n---\n")[0]
+    assert "kubeflow/training-operator" in header and re.search(r"commit [0-9a-f]{40}", header)
+    assert _elided(_crd_schema("kubeflow.org/v1", "PyTorchJob")) == {
+        "spec.pytorchReplicaSpecs.*.template": "core/v1 PodTemplateSpec",
+        "spec.elasticPolicy.metrics[]": "autoscaling/v2 MetricSpec",
+    }
+
+
+def test_pytorchjob_validation_catches_mistakes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Guards the CRD validation: a misspelt or mistyped field of the job or of its pods is refused."""
+    jsonschema = pytest.importorskip("jsonschema")
+    kv = pytest.importorskip("kubernetes_validate")
+    job = _one(_target(rendered, "train"), "PyTorchJob")
+    _validate_pytorchjob(job)
+    for path, value in [
+        (("spec", "pytorchReplicaSpecs", "Worker", "replica"), 2),  # for "replicas"
+        (("spec", "runPolicy", "backoffLimit"), "three"),
+        (("spec", "nprocPerNode"), 4),  # a string in the CRD
+    ]:
+        bad = copy.deepcopy(job)
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(jsonschema.ValidationError):
+            _validate_pytorchjob(bad)
+    bad = copy.deepcopy(job)
+    bad["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kv.ValidationError):
+        _validate_pytorchjob(bad)
+
+
+def test_training_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    torchrun = pytest.importorskip("torch.distributed.run")
+    from training.recipes import recipe_module
+
+    docs = _target(rendered, "train")
+    spec = _one(docs, "PyTorchJob")["spec"]
+    replicas = spec["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master", "Worker"}
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] >= 1
+    assert replicas["Master"]["template"] == replicas["Worker"]["template"], "edit both pod templates"
+    for r in replicas.values():  # a failed pod restarts, and rejoins the rendezvous
+        assert r["restartPolicy"] in {"OnFailure", "ExitCode"}
+    assert spec["runPolicy"]["backoffLimit"] >= 1
+    pod = replicas["Master"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["name"] == "pytorch", "the operator sets MASTER_ADDR/MASTER_PORT on the container named pytorch"
+    assert "pytorchjob-port" in {p["name"] for p in c["ports"]}
+
+    # torchrun's arguments are valid for the real torchrun, and agree with the job's shape
+    assert c["command"] == ["torchrun"]
+    run = torchrun.get_args_parser().parse_args(c["args"])
+    gpus = c["resources"]["limits"]["nvidia.com/gpu"]
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == gpus
+    assert run.nproc_per_node == str(gpus) == spec["nprocPerNode"], "processes per pod = GPUs per pod"
+    assert run.nnodes == str(1 + replicas["Worker"]["replicas"]), "--nnodes = 1 Master + the Workers"
+    assert run.rdzv_backend == "c10d" and run.rdzv_endpoint == "$(MASTER_ADDR):$(MASTER_PORT)"
+    assert run.max_restarts >= 1 and run.module and run.training_script == "training.cli"
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert env.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1"  # restarts read fresh keys
+
+    # the training command is valid for the real CLI, and a restart continues the run
+    command, recipe, *rest = run.training_script_args
+    assert command == "train"
+    parser = argparse.ArgumentParser()
+    recipe_module(recipe).add_arguments(parser)
+    args = parser.parse_args(rest)
+    assert getattr(args, "resume", False) is True, "--resume: a restarted rank continues from last.pt"
+
+    # data and runs on the shared volume (runs writable), a memory-backed /dev/shm for NCCL
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claimed = {n for n, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") in pvcs}
+    assert claimed and all(pvcs[volumes[n]["persistentVolumeClaim"]["claimName"]]["spec"]["accessModes"]
+                           == ["ReadWriteMany"] for n in claimed)  # fmt: skip
+    mounts = [m for m in c["volumeMounts"] if m["name"] in claimed]
+
+    def mount_of(path: str) -> dict[str, Any]:
+        found = [m for m in mounts if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert found, f"{path} is not on the shared volume"
+        return found[0]
+
+    mount_of(args.data)
+    assert not mount_of(args.out).get("readOnly", False), "--out must be writable"
+    shm = [m for m in c["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert shm and volumes[shm[0]["name"]]["emptyDir"]["medium"] == "Memory"
+    assert pod["terminationGracePeriodSeconds"] >= 60  # SIGTERM: finish the step, write a checkpoint
+
+    netpol = _one(docs, "NetworkPolicy")
+    labels = replicas["Master"]["template"]["metadata"]["labels"]
+    assert netpol["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    peers = [p["podSelector"]["matchLabels"] for rule in netpol["spec"]["ingress"] for p in rule["from"]]
+    assert peers == [netpol["spec"]["podSelector"]["matchLabels"]], "only the job's own pods come in"
 
 
 def test_readme_walks_through_deployment() -> None:

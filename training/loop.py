@@ -24,6 +24,11 @@ Contracts the loop keeps (and recipes rely on):
   (seed, step), so a resumed run sees the same images with the same augmentations.
 * **Sampling** never perturbs training: ``sample_images`` runs under ``no_grad`` with every RNG
   state saved and restored around it, on the EMA generators when EMA is on.
+* **Many processes** (``torchrun``, see :mod:`training.distributed`): ``--batch-size`` is per
+  process (the global batch is ``batch_size x world size``; the learning rate is used as
+  configured); each rank trains on its own slice of the global batch stream, seeded from
+  ``(seed, rank)``; only rank 0 writes the run folder, and a checkpoint holds every rank's RNG and
+  recipe state, so it resumes exactly with the same world size (another one is refused).
 * **Run folder** ``RUN/``: ``config.json`` = ``{"recipe": name, "config": asdict(cfg)}``,
   ``checkpoints/step_XXXXXXX.pt`` + ``checkpoints/last.pt`` (written atomically; keys fixed by
   ``training/recipes/__init__.py``), ``samples/step_XXXXXXX.png``, ``tb/`` (TensorBoard).
@@ -50,11 +55,14 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from training.distributed import Context
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -94,7 +102,9 @@ class TrainConfig:
     data: str = field(default="", metadata={"help": "dataset folder"})
     out: str = field(default="", metadata={"help": "run folder (default: runs/<recipe>)"})
     steps: int = field(default=10_000, metadata={"help": "total optimisation steps (iterations)"})
-    batch_size: int = field(default=1, metadata={"help": "images per step"})
+    batch_size: int = field(
+        default=1, metadata={"help": "images per step and process (under torchrun: x the world size)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed for weights, data order and augmentation"})
     device: str = field(
         default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1"}
@@ -321,8 +331,11 @@ class EMA:
     def __init__(self, net: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        from training.distributed import plain_batch_norm
+
         self.decay = decay
-        self.module = copy.deepcopy(net).eval().requires_grad_(False)
+        # runs in one process: SyncBatchNorm layers of a net trained under DDP become plain again
+        self.module = plain_batch_norm(copy.deepcopy(net)).eval().requires_grad_(False)
 
     def decay_at(self, step: int | None) -> float:
         """The decay used after optimisation step ``step`` (0-based): ``min(decay, (1 + step) /
@@ -419,26 +432,42 @@ def item_seed(seed: int, k: int, stream: int = 0) -> int:
 class StepSampler(torch.utils.data.Sampler):
     """An endless stream of ``(index, seed)``: sample k of the stream is element ``k % n`` of the
     permutation for epoch ``k // n`` (seeded by ``(seed, epoch)``), with its own augmentation seed.
-    It is a pure function of k, so starting at ``k = step * batch_size`` resumes the stream exactly."""
+    It is a pure function of k, so starting at ``k = step * batch_size`` resumes the stream exactly.
 
-    def __init__(self, n: int, seed: int, start: int = 0) -> None:
+    Sharded (``world_size > 1``), the stream is cut into global batches of ``batch_size x
+    world_size`` samples and this sampler yields only rank ``rank``'s slice of each, from the global
+    batch that starts at sample ``start``: the ranks together see what one process with the global
+    batch would see."""
+
+    def __init__(
+        self, n: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 1
+    ) -> None:
         if n <= 0:
             raise ValueError("cannot sample from an empty dataset")
+        if not 0 <= rank < world_size or batch_size < 1:
+            raise ValueError(f"bad shard: rank {rank} of {world_size}, batch size {batch_size}")
         self.n, self.seed, self.start = n, seed, start
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+
+    def global_index(self, i: int) -> int:
+        """The stream position of this sampler's i-th sample."""
+        b = self.batch_size
+        return self.start + (i // b) * b * self.world_size + self.rank * b + i % b
 
     def permutation(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(item_seed(self.seed, epoch, stream=1))
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        k = self.start
+        i = 0
         epoch, perm = -1, []
         while True:
+            k = self.global_index(i)
             e, pos = divmod(k, self.n)
             if e != epoch:
                 epoch, perm = e, self.permutation(e)
             yield perm[pos], item_seed(self.seed, k)
-            k += 1
+            i += 1
 
 
 class _Seeded(torch.utils.data.Dataset):
@@ -464,11 +493,23 @@ def data_stream(
     start_step: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
 ) -> Iterator[Any]:
     """Endless batches for steps ``start_step, start_step + 1, ...`` — the same batches whether the
     run started at 0 or resumed. Give the dataset a ``load_item(index, seed)`` method that draws
-    all its randomness (pairing, crops, flips) from ``seed``."""
-    sampler = StepSampler(len(dataset), seed, start_step * batch_size)
+    all its randomness (pairing, crops, flips) from ``seed``.
+
+    In a distributed run (``rank``/``world_size`` default to the process group's) each rank gets
+    its ``batch_size`` slice of the global batch of ``batch_size x world_size``."""
+    from training.distributed import rank_and_world
+
+    group_rank, group_world = rank_and_world()
+    rank = group_rank if rank is None else rank
+    world_size = group_world if world_size is None else world_size
+    sampler = StepSampler(
+        len(dataset), seed, start_step * batch_size * world_size, rank, world_size, batch_size
+    )
     loader = torch.utils.data.DataLoader(
         _Seeded(dataset),
         batch_size=batch_size,
@@ -601,20 +642,67 @@ def train(
     saved config is used and only these may change it (None: all of ``cfg`` counts as requested).
     ``stop_at``: stop this session at that step with a checkpoint (tests, time boxes); the schedule
     still follows ``cfg.steps``. Returns 0, or 130 when stopped by Ctrl-C/SIGTERM.
+    Under ``torchrun`` every process calls this; see :mod:`training.distributed`.
     """
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    from training import distributed
 
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ConfigError(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
+    ctx = distributed.init_from_env()
+    try:
+        return _train(name, cfg, build, explicit, stop_at, ctx)
+    finally:
+        ctx.close()
+
+
+def _device_of_rank(name: str, local_rank: int) -> torch.device:
+    """One process per GPU: a distributed rank computes on the GPU of its ``LOCAL_RANK``."""
+    device = resolve_device(name)
+    if device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ConfigError(
+            f"--device {name}: under torchrun each process uses the GPU of its LOCAL_RANK; "
+            "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but {count} GPU(s) visible: start one process per GPU "
+            f"(torchrun --nproc-per-node {count})"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def _train(
+    name: str,
+    cfg: TrainConfig,
+    build: Callable[[Any, Runtime], Recipe],
+    explicit: Iterable[str] | None,
+    stop_at: int | None,
+    ctx: Context,
+) -> int:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from training.distributed import rank_seed, wrap_recipe
+
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / name))
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / LAST_CHECKPOINT
 
+    found = ctx.all_gather(last_path.is_file())
+    if len(set(found)) > 1:
+        missing = [r for r, f in enumerate(found) if not f]
+        raise ConfigError(
+            f"{last_path} exists for some ranks but not for ranks {missing}: every process must see "
+            "the same run folder (put --out on storage that all nodes mount)"
+        )
     ckpt = None
-    if last_path.is_file():
+    if found[0]:
         if not cfg.resume:
             raise FileExistsError(
                 f"{run_dir} already holds a training run ({last_path}); pass --resume to continue it, "
@@ -625,22 +713,35 @@ def train(
             raise ConfigError(
                 f"{last_path} is a '{ckpt.get('recipe')}' run, not '{name}'; choose another --out"
             )
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world != ctx.world_size:
+            raise ConfigError(
+                f"{last_path} was written by a run of world size {saved_world}; this one has world size "
+                f"{ctx.world_size}. Each rank's data slice, RNG streams and recipe state belong to "
+                f"its world size: resume with {saved_world} process(es) in all (torchrun --nnodes x "
+                "--nproc-per-node), or start a new run with another --out"
+            )
         from training.recipes import config_from_dict
 
         saved = config_from_dict(type(cfg), ckpt["config"])
         cfg = merge_resume_config(saved, cfg, explicit)
-    elif cfg.resume:
-        warnings.warn(f"--resume: no checkpoint in {ckpt_dir}, starting a new run", stacklevel=2)
+    elif cfg.resume and ctx.is_main:
+        warnings.warn(f"--resume: no checkpoint in {ckpt_dir}, starting a new run", stacklevel=3)
 
-    seed_everything(cfg.seed)
-    rt = Runtime.create(cfg.device, cfg.precision)
+    seed_everything(rank_seed(cfg.seed, ctx.rank))
+    device = _device_of_rank(cfg.device, ctx.local_rank) if ctx.distributed else resolve_device(cfg.device)
+    rt = Runtime.create(str(device), cfg.precision)
     if rt.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed-size crops: let cuDNN pick the fastest kernels
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     recipe = build(cfg, rt)
-    ema = {g: EMA(recipe.nets[g], cfg.ema_decay) for g in recipe.generators} if cfg.ema_decay > 0 else {}
+    # EMA and sampling run on rank 0 only: the weights are the same on every rank
+    use_ema = cfg.ema_decay > 0 and ctx.is_main
+    ema = {g: EMA(recipe.nets[g], cfg.ema_decay) for g in recipe.generators} if use_ema else {}
     hardware = hardware_string(rt.device)
+    if ctx.distributed:
+        hardware += f", {ctx.world_size} processes"
 
     step, wall_before = 0, 0.0
     if ckpt is not None:
@@ -654,14 +755,19 @@ def train(
             sch.load_state_dict(ckpt["schedulers"][key])
         if ckpt.get("scaler"):
             rt.scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("extra") is not None and hasattr(recipe, "load_state_dict"):
-            recipe.load_state_dict(ckpt["extra"])
-        set_rng_state(ckpt["rng"])
+        extra = ckpt["rank_extra"][ctx.rank] if ckpt.get("rank_extra") else ckpt.get("extra")
+        if extra is not None and hasattr(recipe, "load_state_dict"):
+            recipe.load_state_dict(extra)
+        set_rng_state(ckpt["rank_rng"][ctx.rank] if ckpt.get("rank_rng") else ckpt["rng"])
         step, wall_before = int(ckpt["step"]), float(ckpt.get("wall_time_s", 0.0))
         del ckpt
+    # the nets as built: what is checkpointed, averaged and sampled (the recipe calls DDP wrappers)
+    nets = wrap_recipe(recipe, rt.device) if ctx.distributed else dict(recipe.nets)
 
-    _write_json_atomic({"recipe": name, "config": asdict(cfg)}, run_dir / "config.json")
-    writer = SummaryWriter(str(run_dir / "tb"))
+    writer = None
+    if ctx.is_main:
+        _write_json_atomic({"recipe": name, "config": asdict(cfg)}, run_dir / "config.json")
+        writer = SummaryWriter(str(run_dir / "tb"))
     t_start = time.perf_counter()
     saved_step = step
 
@@ -672,34 +778,42 @@ def train(
                     recipe.calibrate_generator(g, e.module)
 
     def save() -> None:
+        """Every rank calls this: rank 0 writes the checkpoint with every rank's RNG and extra state."""
         nonlocal saved_step
         calibrate_ema()
+        rngs = ctx.gather(rng_state())
+        extras = ctx.gather(recipe.state_dict() if hasattr(recipe, "state_dict") else None)
+        saved_step = step
+        if not ctx.is_main:
+            return
         state = {
             "recipe": name,
             "config": asdict(cfg),
             "step": step,
-            "nets": {k: n.state_dict() for k, n in recipe.nets.items()},
+            "world_size": ctx.world_size,
+            "nets": {k: n.state_dict() for k, n in nets.items()},
             "ema": {k: e.state_dict() for k, e in ema.items()},
             "optimizers": {k: o.state_dict() for k, o in recipe.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in recipe.schedulers.items()},
             "scaler": rt.scaler.state_dict() if rt.scaler.is_enabled() else None,
-            "extra": recipe.state_dict() if hasattr(recipe, "state_dict") else None,
-            "rng": rng_state(),
+            "extra": extras[0],
+            "rng": rngs[0],
             "wall_time_s": wall_before + time.perf_counter() - t_start,
             "hardware": hardware,
             "precision": rt.precision,
         }
+        if ctx.distributed:
+            state["rank_rng"], state["rank_extra"] = rngs, extras
         path = ckpt_dir / step_checkpoint_name(step)
         atomic_torch_save(state, path)
         _link_or_copy(path, last_path)
         if cfg.keep_checkpoints > 0:
             for old in sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]:
                 old.unlink(missing_ok=True)
-        saved_step = step
 
     def sample() -> None:
         calibrate_ema()
-        gens = {g: (ema[g].module if g in ema else recipe.nets[g]) for g in recipe.generators}
+        gens = {g: (ema[g].module if g in ema else nets[g]) for g in recipe.generators}
         modes = {g: m.training for g, m in gens.items()}
         with preserved_rng(), torch.no_grad():
             for m in gens.values():
@@ -717,13 +831,17 @@ def train(
     stream = recipe.batches(step)
     sums: dict[str, Any] = {}
     window_start, window_steps = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=step, unit="it", dynamic_ncols=True, desc=name, smoothing=0.1)
+    bar = tqdm(
+        total=cfg.steps, initial=step, unit="it", dynamic_ncols=True, desc=name, smoothing=0.1,
+        disable=not ctx.is_main,
+    )  # fmt: skip
     with _GracefulStop() as stop:
         try:
-            while step < last_step and not stop.requested:
+            # a signal on any rank stops every rank after the same step
+            while step < last_step and not ctx.any(stop.requested):
                 metrics = recipe.train_step(next(stream), step)
                 for g, e in ema.items():
-                    e.update(recipe.nets[g], step)
+                    e.update(nets[g], step)
                 for sch in recipe.schedulers.values():
                     sch.step()
                 step += 1
@@ -734,20 +852,26 @@ def train(
 
                 if (cfg.log_every > 0 and step % cfg.log_every == 0) or step == last_step:
                     rate = window_steps / max(1e-9, time.perf_counter() - window_start)
-                    means = {k: float(v) / window_steps for k, v in sums.items()}
-                    for k, v in means.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                    for k, opt in recipe.optimizers.items():
-                        writer.add_scalar(f"lr/{k}", opt.param_groups[0]["lr"], step)
-                    writer.add_scalar("speed/it_per_s", rate, step)
+                    means = ctx.mean({k: float(v) / window_steps for k, v in sums.items()})  # over ranks
+                    if writer is not None:
+                        for k, v in means.items():
+                            writer.add_scalar(f"train/{k}", v, step)
+                        for k, opt in recipe.optimizers.items():
+                            writer.add_scalar(f"lr/{k}", opt.param_groups[0]["lr"], step)
+                        writer.add_scalar("speed/it_per_s", rate, step)
                     if any(not math.isfinite(v) for v in means.values()):
                         raise FloatingPointError(
                             f"step {step}: non-finite loss {means}; lower the lr or use fp32"
                         )
                     text = " ".join(f"{k}={v:.4f}" for k, v in means.items())
-                    bar.write(f"step {step}/{cfg.steps} {text} ({rate:.2f} it/s)")
+                    if ctx.is_main:
+                        bar.write(f"step {step}/{cfg.steps} {text} ({rate:.2f} it/s)")
                     sums, window_start, window_steps = {}, time.perf_counter(), 0
-                if cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == cfg.steps):
+                if (
+                    ctx.is_main
+                    and cfg.sample_every > 0
+                    and (step % cfg.sample_every == 0 or step == cfg.steps)
+                ):
                     sample()
                 if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
                     save()
@@ -758,11 +882,13 @@ def train(
             raise
         finally:
             bar.close()
-        interrupted = stop.requested
-        if step != saved_step or not last_path.is_file():
+        interrupted = ctx.any(stop.requested)
+        if ctx.any(step != saved_step or (ctx.is_main and not last_path.is_file())):
             save()
-    writer.close()
-    if step < cfg.steps:
+    ctx.barrier()  # no rank leaves before rank 0 has written the last checkpoint
+    if writer is not None:
+        writer.close()
+    if step < cfg.steps and ctx.is_main:
         print(f"stopped at step {step} of {cfg.steps}; continue with --resume --out {run_dir}")
     return 130 if interrupted else 0
 

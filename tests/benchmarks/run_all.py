@@ -21,6 +21,7 @@ BENCHMARKS = {
     "load": ["load_bench.py", "--duration", "20"],  # capacity, then 1x and 2x of it; RSS over time
     "train": ["train_speed.py", "--steps", "3", "--warmup", "1"],  # CycleGAN it/s, ResNet vs guided
     "sizes": ["translate_sizes.py"],  # translate models in onnxruntime at 256², 1024², 4000x3000
+    "ddp": ["ddp_overhead.py", "--steps", "5", "--warmup", "1"],  # CycleGAN 128², 1 x 2 thr vs 2 x 1
 }
 
 

@@ -12,8 +12,9 @@ Every recipe module ``training/recipes/<name>.py`` provides:
 
 A run folder (``runs/<name>/``) written by ``training.loop`` holds ``config.json`` and
 ``checkpoints/last.pt`` (plus ``step_*.pt``): a dict with ``recipe``, ``config``, ``step``,
-``nets`` and ``ema`` (state dicts by net name), optimizers, schedulers, RNG state,
-``wall_time_s`` and ``hardware``.
+``world_size``, ``nets`` and ``ema`` (state dicts by net name), optimizers, schedulers, RNG state,
+``wall_time_s`` and ``hardware``; a run of several processes adds every rank's RNG and recipe
+state (``rank_rng``, ``rank_extra``).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class Config(TrainConfig):
     )
     # loop defaults that differ for this recipe
     steps: int = field(default=20_000, metadata={"help": "total optimisation steps (iterations)"})
-    batch_size: int = field(default=64, metadata={"help": "images per step"})
+    batch_size: int = field(default=64, metadata={"help": "images per step and process"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA of generator weights (0: off)"})
     num_workers: int = field(
         default=0, metadata={"help": "data loading processes (the data is in memory: 0 is fastest)"}

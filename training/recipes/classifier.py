@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from training.data.labelled import LabelledImages, load_split
 from training.diffaug import translate
+from training.distributed import is_main_process
 from training.loop import (
     ConfigError,
     Runtime,
@@ -65,7 +66,7 @@ class Config(TrainConfig):
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     shift: int = field(default=2, metadata={"help": "random translation of up to this many px (0: off)"})
     steps: int = field(default=3000, metadata={"help": "total optimisation steps (iterations)"})
-    batch_size: int = field(default=64, metadata={"help": "images per step"})
+    batch_size: int = field(default=64, metadata={"help": "images per step and process"})
     num_workers: int = field(
         default=0, metadata={"help": "data loading processes (the data is in memory: 0 is fastest)"}
     )
@@ -239,7 +240,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     code = run_labelled(NAME, Config, ClassifierRecipe, args)
-    if code == 0:
+    if code == 0 and is_main_process():
         out = Path(getattr(args, "out", "") or Path("runs") / NAME)
         net, saved = load_judge(out)
         acc, n = held_out_accuracy(net, saved)

@@ -100,7 +100,7 @@ class Config(TrainConfig):
     )
     # loop defaults that differ for this recipe
     steps: int = field(default=20_000, metadata={"help": "total optimisation steps (iterations)"})
-    batch_size: int = field(default=16, metadata={"help": "patches per step"})
+    batch_size: int = field(default=16, metadata={"help": "patches per step and process"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA of generator weights (0: off)"})
 
 
