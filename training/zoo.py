@@ -7,30 +7,21 @@
 
 Every step is a plain ``transfigure`` command, printed before it runs, so a reader can copy any
 of them. Training steps resume from ``runs/<run>/checkpoints/last.pt`` when it exists (the loop
-restores nets, optimizers, schedulers and RNG state exactly), so the zoo can be built across
-several sessions: stop at any time, run the same command again. Settings are sized for a CPU
-(compact generators, 128 px crops); on a GPU pass ``--device cuda``.
+restores nets, optimizers, schedulers and RNG state exactly), so the zoo can be built in several
+sittings: stop at any time, run the same command again. Settings are sized for 2 CPU cores; on a
+GPU pass ``--device cuda`` and raise the step counts.
 
 The shared data folder is ``--data-root`` (default ``../shared/data`` next to the checkout).
 
-The step counts are those of the shipped models, but the shipped runs were not one straight run
-each: to fit a 3-hour CPU session their ``--steps`` was changed on resume (sr_x4 9,000 -> 6,000 at
-step 4,500; summer2winter 4,000 -> 3,000 -> 5,000 -> 4,500; facades 3,000 -> 4,500 -> 6,000, the
-last a warm restart: the rate was 0 at 4,500 and went back to half), which moves the linear
-learning-rate decay. A fresh run with these commands follows the clean schedule, so expect numbers
-close to the cards', not identical ones. The quickdraw_cgan run was started as an experiment (steps
-3,000, checkpoints every 250) and continued to 4,000 by this script; the cGAN has a constant
-learning rate, so that changes nothing. photo2monet is one straight run (3,000 steps, --upsample
-resize; an earlier 3,500-step run with the transposed-conv generator scored FID 330.6 against 294.7
-for this one).
-
-The INT8 files of the four translate models were re-exported in session 4 with the current
-quantiser (``training/int8_graph.py`` rewrites), without their runs, from the card and the fp32
-ONNX file: ``transfigure export models/NAME --onnx FP32.onnx --name NAME --int8 --int8-max-loss 0.1``
-(summer2winter and winter2summer from git 3f91b4c, photo2monet from 00a0f8f; facades_label2photo,
-which never had an fp32 file in git, with ``--dequantize``); sr_x4 and sr_x4_gan were quantised the
-same way from their shipped fp32 files (``--data ../shared/data/Set5 --int8 --int8-max-loss 0.01``).
-The commands below give the same files from the runs.
+A fresh run with these commands follows a clean schedule. Some shipped runs did not: their
+``--steps`` was changed on resume (sr_x4 9,000 -> 6,000 at step 4,500; facades 3,000 -> 4,500 ->
+6,000, the last a warm restart from a rate of 0 back to half), which moves the linear decay, and the
+quickdraw_cgan run (constant rate) was continued from 3,000 to 4,000 steps; expect numbers close to
+their cards', not identical ones. The INT8 files of facades_label2photo, sr_x4 and sr_x4_gan were
+re-quantised from the card and an fp32 ONNX file of the model
+(``transfigure export models/NAME --onnx FP32.onnx --name NAME --int8 ...``, ``--dequantize`` for
+facades); the card of each model records how its file was made. The season and style translators
+are exported in fp32: their network runs at 128 px, so INT8 would save little.
 """
 
 from __future__ import annotations
@@ -254,9 +245,13 @@ def jobs(data: Path, runs: Path) -> list[Job]:
     # Season and style translators: the guided translator (a compact ResNet on a 128 px copy, a
     # guided filter to full resolution) trained on the full 256 px photos, discriminators at 128 px,
     # LSGAN, pool 50, lr constant for the first half then linear decay (the reference schedule).
+    # The translator preserves the photo by construction, so the cycle loss is lighter than the
+    # reference's (3, not 10) and there is no identity loss: both are L1 terms that hold an
+    # identity-initialised generator at the identity.
     guided = ["--generator", "guided", "--size", "256", "--low-size", "128", "--d-size", "128",
-              "--upsample", "resize", "--ngf", "32", "--n-blocks", "6", "--ema-decay", "0.999",
-              "--num-workers", "1", "--ckpt-every", "250", "--sample-every", "250", "--log-every", "50"]  # fmt: skip
+              "--upsample", "resize", "--ngf", "32", "--n-blocks", "6", "--lambda-cycle", "3",
+              "--lambda-identity", "0", "--ema-decay", "0.999", "--num-workers", "1", "--ckpt-every", "250",
+              "--sample-every", "250", "--log-every", "50"]  # fmt: skip
     models = zoo_dir()
     s2w_run, monet_run = runs / "zoo_summer2winter", runs / "zoo_photo2monet"
     p2p_run, cls_run, cgan_run = (
@@ -415,7 +410,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
             train=[
                 (
                     str(s2w_run),
-                    ["cyclegan", "--data", str(s2w), *guided, "--steps", "1500", "--out", str(s2w_run)],
+                    ["cyclegan", "--data", str(s2w), *guided, "--steps", "2000", "--out", str(s2w_run)],
                 )
             ],
             evaluate=[
@@ -472,7 +467,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         *guided,
                         "--detail",
                         "--steps",
-                        "1500",
+                        "2000",
                         "--out",
                         str(monet_run),
                     ],
