@@ -420,6 +420,8 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                 str(s2w),
                 "--out",
                 str(s2w_run / "eval_shipped"),
+                "--feature-cache",
+                str(runs / "feature_cache"),
             ],  # fmt: skip
             export=[
                 str(s2w_run),
@@ -479,6 +481,8 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                 str(monet),
                 "--out",
                 str(monet_run / "eval_shipped"),
+                "--feature-cache",
+                str(runs / "feature_cache"),
             ],
             export=[
                 str(monet_run),
