@@ -101,3 +101,20 @@ def test_sr_comparison_grid_runs_both_exported_models(tmp_path) -> None:
     n_images = len(list(fixtures.glob("*.png")))
     assert grid.height >= n_images * 16 and grid.width > grid.height / n_images * 3  # 4 crops a row
     assert out.stat().st_size <= 300_000
+
+
+def test_before_after_figure_shows_each_photo_at_its_own_size_and_the_model_output(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tests.tiny_models import make_model
+
+    make_model(tmp_path, "translate", name="t")  # inverts the image
+    photos = sorted((Path(__file__).parent / "fixtures" / "yosemite" / "testA").iterdir())[:2]
+    out = zoo.write_before_after(tmp_path / "t", photos, tmp_path / "docs" / "t.jpg")
+    fig = np.asarray(Image.open(out).convert("RGB"), dtype=np.float64)
+    first = np.asarray(Image.open(photos[0]).convert("RGB"), dtype=np.float64)
+    h, w = first.shape[:2]
+    assert fig.shape[0] == 2 * h + 2 and fig.shape[1] >= 2 * w  # before row, after row, native size
+    assert np.abs(fig[:h, :w] - first).mean() < 6  # JPEG of the photo itself
+    assert np.abs(fig[h + 2 :, :w] - (255 - first)).mean() < 6  # the model's output: the inversion

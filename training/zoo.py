@@ -196,8 +196,11 @@ def write_before_after(model_dir: Path, photos: list[Path], out: Path) -> Path:
     before, after = [], []
     for f in photos:
         rgb = load_rgb_array(f)
-        x = (rgb.astype(np.float32) / 255 * (hi - lo) + lo).transpose(2, 0, 1)[None]
-        y = sess.run(None, {sess.get_inputs()[0].name: x})[0][0].transpose(1, 2, 0)
+        h, w = rgb.shape[:2]
+        m = card.input.multiple_of  # reflect-padded to the multiple and cropped back, as /translate does
+        padded = np.pad(rgb, ((0, -h % m), (0, -w % m), (0, 0)), mode="reflect")
+        x = (padded.astype(np.float32) / 255 * (hi - lo) + lo).transpose(2, 0, 1)[None]
+        y = sess.run(None, {sess.get_inputs()[0].name: x})[0][0].transpose(1, 2, 0)[:h, :w]
         before.append(rgb)
         after.append((np.clip((y - olo) / (ohi - olo), 0, 1) * 255).round().astype(np.uint8))
     cell = max(im.shape[0] for im in before)
