@@ -124,7 +124,7 @@ def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | Non
             share = m.get(f"judge_target_share_{tag}", float("nan"))
             ok &= share >= judge_share
             parts.append(
-                f"season judge calls >= {judge_share:.0%} of outputs the target; measured {share:.1%} "
+                f"domain judge calls >= {judge_share:.0%} of outputs the target; measured {share:.1%} "
                 f"(untranslated {m.get(f'judge_target_share_identity_{tag}', float('nan')):.1%}, "
                 f"real targets {m.get(f'judge_accuracy_real_target_{tag}', float('nan')):.1%})"
             )
