@@ -201,3 +201,13 @@ def leaks(text: str) -> list[str]:
 def long_tests() -> bool:
     """``TRANSFIGURE_LONG_TESTS=1`` turns on the long variants (>= 1,000 fuzz cases, >= 60 s load)."""
     return os.environ.get("TRANSFIGURE_LONG_TESTS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def server_timing(header: str | None) -> dict[str, float]:
+    """``Server-Timing: decode;dur=1.2, infer;dur=50.3`` -> {"decode": 1.2, "infer": 50.3} (ms)."""
+    out = {}
+    for part in (header or "").split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            out[name] = float(dur)
+    return out

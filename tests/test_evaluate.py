@@ -347,11 +347,8 @@ def test_zoo_model_is_measured_through_its_onnx_file_at_each_images_own_size(mix
     assert "--data" in capsys.readouterr().err and not (model / "eval" / "nodata.json").exists()
 
 
-@needs_inception
-def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(mixed, tmp_path, monkeypatch):
-    config = {"data": str(mixed)}
-    ab = _zoo_model(tmp_path, "ab", {"recipe": "cyclegan", "net": "G_AB", "config": config}, identity=True)
-    ba = _zoo_model(tmp_path, "ba", {"recipe": "cyclegan", "net": "G_BA", "config": config})
+def _count_inception_images(monkeypatch) -> list[int]:
+    """A list that gets the number of images of every Inception call from now on."""
     counted, inception_features = [], fid.inception_features
 
     def counting(images, *args, **kwargs):
@@ -360,6 +357,15 @@ def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(
         return inception_features(images, *args, **kwargs)
 
     monkeypatch.setattr(fid, "inception_features", counting)
+    return counted
+
+
+@needs_inception
+def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(mixed, tmp_path, monkeypatch):
+    config = {"data": str(mixed)}
+    ab = _zoo_model(tmp_path, "ab", {"recipe": "cyclegan", "net": "G_AB", "config": config}, identity=True)
+    ba = _zoo_model(tmp_path, "ba", {"recipe": "cyclegan", "net": "G_BA", "config": config})
+    counted = _count_inception_images(monkeypatch)
     ev.clear_caches()
     out = tmp_path / "reports"
     assert main(["evaluate", str(ab), str(ba), "--judge-limit", "2", "--out", str(out)]) == 0
@@ -385,14 +391,7 @@ def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(
 def test_feature_cache_on_disk_spares_real_images_in_a_later_run(mixed, tmp_path, monkeypatch):
     config = {"data": str(mixed)}
     ab = _zoo_model(tmp_path, "ab", {"recipe": "cyclegan", "net": "G_AB", "config": config})
-    counted, inception_features = [], fid.inception_features
-
-    def counting(images, *args, **kwargs):
-        images = list(images)
-        counted.append(sum(len(x) for x in images))
-        return inception_features(images, *args, **kwargs)
-
-    monkeypatch.setattr(fid, "inception_features", counting)
+    counted = _count_inception_images(monkeypatch)
     cache, reports = tmp_path / "cache", [tmp_path / "first", tmp_path / "second"]
     for out in reports:
         ev.clear_caches()  # a new process

@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from models.card import IMAGE_INPUT, OUTPUT, ModelCard  # noqa: E402
-from tests.server_utils import start_server  # noqa: E402
+from tests.server_utils import server_timing, start_server  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "sr" / "butterfly.png"
 LARGE = (4000, 3000)
@@ -58,16 +58,6 @@ def photo(size: tuple[int, int], fmt: str, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     im.save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {"compress_level": 1}))
     return buf.getvalue()
-
-
-def server_timing(header: str | None) -> dict[str, float]:
-    """``Server-Timing: decode;dur=1.2, infer;dur=50.3`` -> {"decode": 1.2, "infer": 50.3} (ms)."""
-    out = {}
-    for part in (header or "").split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if name and dur:
-            out[name] = float(dur)
-    return out
 
 
 def vm_kib(pid: int, key: str) -> int:

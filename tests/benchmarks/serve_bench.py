@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from models import zoo_dir  # noqa: E402
 from service import imaging  # noqa: E402
 from service.zoo import LoadedModel, Zoo  # noqa: E402
+from tests.server_utils import server_timing  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "sr" / "butterfly.png"
 
@@ -122,16 +123,6 @@ def _torch_eager(net, feeds: dict[str, np.ndarray], runs: int) -> list[float]:
     return times
 
 
-def _server_timing(header: str | None) -> dict[str, float]:
-    """``Server-Timing: decode;dur=1.2, infer;dur=50.3`` -> {"decode": 1.2, "infer": 50.3} (ms)."""
-    out = {}
-    for part in (header or "").split(","):
-        name, _, dur = part.strip().partition(";dur=")
-        if name and dur:
-            out[name] = float(dur)
-    return out
-
-
 def _served(
     url: str, req: tuple[str, dict, dict | None], total: int, concurrency: int
 ) -> tuple[list[float], float, list[dict[str, float]]]:
@@ -145,7 +136,7 @@ def _served(
             t0 = time.perf_counter()
             r = client.post(route, data=data, files=files)
             r.raise_for_status()
-            stages.append(_server_timing(r.headers.get("server-timing")))
+            stages.append(server_timing(r.headers.get("server-timing")))
             return time.perf_counter() - t0
 
         t0 = time.perf_counter()
