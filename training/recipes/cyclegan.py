@@ -100,7 +100,7 @@ class Config(TrainConfig):
     g_norm: str | None = field(
         default=None,
         metadata={
-            "help": "the generators' normalisation if not --norm (pixel: no droplet blobs)",
+            "help": "the generators' normalisation if not --norm (pixel: per-pixel, pools nothing over space)",
             "choices": NORMS,
         },
     )
