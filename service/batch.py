@@ -64,8 +64,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models import card_paths, zoo_dir
+from models import card_paths
 from models.card import LABEL_INPUT, Z_INPUT, CardError
+from service.config import Settings, SettingsError, load_settings
 from service.imaging import (
     FORMATS,
     INPUT_FORMATS,
@@ -633,16 +634,6 @@ class ShardRunner:
 # -- the command ---------------------------------------------------------------------------------
 
 
-def _env_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"environment variable {name}={raw!r} must be an integer") from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="zoo model name (see `transfigure models`)")
     p.add_argument(
@@ -729,10 +720,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _shard(args: argparse.Namespace) -> tuple[int, int]:
-    env_index = _env_int("JOB_COMPLETION_INDEX")
+def _shard(args: argparse.Namespace, settings: Settings) -> tuple[int, int]:
+    env_index = settings.job_completion_index
     index = args.shard_index if args.shard_index is not None else (env_index or 0)
-    count = args.shard_count if args.shard_count is not None else (_env_int("TRANSFIGURE_SHARD_COUNT") or 1)
+    count = args.shard_count if args.shard_count is not None else settings.shard_count
     if count < 1:
         raise UsageError(f"--shard-count must be at least 1, got {count}")
     if not 0 <= index < count:
@@ -741,8 +732,8 @@ def _shard(args: argparse.Namespace) -> tuple[int, int]:
     return index, count
 
 
-def _open_model(args: argparse.Namespace, task: str | None, threads: int) -> LoadedModel:
-    root = args.models_dir or zoo_dir()
+def _open_model(args: argparse.Namespace, settings: Settings, task: str | None, threads: int) -> LoadedModel:
+    root = args.models_dir or settings.models_dir
     zoo = Zoo.load(root, names=[args.model], strict=False, threads=threads, workers=1)
     if args.model not in zoo:
         folders = [p.parent.name for p in card_paths(root)]
@@ -754,8 +745,10 @@ def _open_model(args: argparse.Namespace, task: str | None, threads: int) -> Loa
     return zoo.get(args.model, task)
 
 
-def _options(args: argparse.Namespace, model: LoadedModel, task: str, threads: int) -> Options:
-    env = Limits.from_env()
+def _options(
+    args: argparse.Namespace, settings: Settings, model: LoadedModel, task: str, threads: int
+) -> Options:
+    env = settings.limits
     limits = replace(env, max_bytes=max(1, args.max_bytes))
     max_side = env.max_side if args.max_side is None else (args.max_side or None)
     fullres = env.fullres_max_side if args.fullres_max_side is None else (args.fullres_max_side or None)
@@ -805,24 +798,25 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except (UsageError, ModelNotFound, WrongTask, CardError, ImageError) as e:
+    except (UsageError, SettingsError, ModelNotFound, WrongTask, CardError, ImageError) as e:
         print(f"transfigure batch: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def _run(args: argparse.Namespace) -> int:
-    index, count = _shard(args)
+    settings = load_settings()  # the environment, read once per run
+    index, count = _shard(args, settings)
     sampling = args.task == "sample" or args.label is not None or args.n is not None
     if sampling and args.input:
         raise UsageError("give either --input (translate / upscale) or --label and --n (sample), not both")
     if not sampling and not args.input:
         raise UsageError("--input is required (or --label and --n to sample)")
-    threads = args.threads or _env_int("TRANSFIGURE_THREADS") or cpu_count()
-    model = _open_model(args, "sample" if sampling else args.task, threads)
+    threads = args.threads or settings.threads or cpu_count()
+    model = _open_model(args, settings, "sample" if sampling else args.task, threads)
     task = model.card.task
     if task == "sample" and not sampling:
         raise UsageError(f"model '{model.name}' samples images: use --label CLASS --n N instead of --input")
-    opts = _options(args, model, task, threads)
+    opts = _options(args, settings, model, task, threads)
     output_dir: Path = args.output
     output_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,113 +1,322 @@
-"""The service's configuration, read once from the environment (a Kubernetes ConfigMap sets these).
+"""The environment the service and ``transfigure batch`` read, as one typed settings object.
 
-| variable | default | meaning |
-|---|---|---|
-| `TRANSFIGURE_MODELS_DIR` | shipped `models/` | the zoo folder (`<name>/model.onnx` + `card.json`) |
-| `TRANSFIGURE_MODELS` | all | comma-separated model names to load (others are ignored) |
-| `TRANSFIGURE_STRICT` | `1` | `1`: refuse to start if any model's card/file/sha256 is bad (the message names the file); `0`: start without it and list it under `unavailable` in `/models` |
-| `TRANSFIGURE_WORKERS` | `1` | BentoML worker processes (each loads every model) |
-| `TRANSFIGURE_THREADS` | CPUs / workers | onnxruntime intra-op threads per session (CPUs are cgroup-aware) |
-| `TRANSFIGURE_INFER_CONCURRENCY` | threads | inferences running at once per worker: a request alone runs on every ORT thread, queued requests run side by side on one thread each (more requests/s under load); `1` = strictly one at a time |
-| `TRANSFIGURE_TIMEOUT` | `60` | request timeout in seconds (BentoML `traffic.timeout`) |
-| `TRANSFIGURE_MAX_CONCURRENCY` | `64` | requests in flight per service before 503 (BentoML `traffic.max_concurrency`) |
-| `TRANSFIGURE_MAX_BODY_BYTES` | `MAX_BYTES + 1 MiB` | request body limit; larger bodies get 413 before they are read |
-| `TRANSFIGURE_MAX_BYTES` | `20971520` (20 MiB) | encoded image upload limit (413) |
-| `TRANSFIGURE_MAX_PIXELS` | `40000000` | decoded pixel limit per image, checked from the header before decoding (decompression bombs); 413 above it |
-| `TRANSFIGURE_MAX_PIXELS_IN_FLIGHT` | `MAX_PIXELS` | pixels of the `/translate` and `/upscale` inputs a worker works on at once (decode to encode); a request that would pass it while others run gets 503 with Retry-After (a request alone is always admitted), so memory stays that of about one largest image (`service/admission.py`) |
-| `TRANSFIGURE_MAX_SIDE` | `0` (never) | `/translate`: downscale so the longer side is at most this; by default images are translated at their own resolution |
-| `TRANSFIGURE_FULLRES_MAX_SIDE` | `1024` | `/translate` and `transfigure batch`, only for models whose network runs at full resolution (card `input.multiple_of` > 1): the network runs on a copy whose longer side is at most this and the output is resized back to the input's size, with an `X-Transfigure-Processed-Size: WxH` header; `0` = off. Resolution-free translators (`multiple_of` 1) are never resized by it |
-| `TRANSFIGURE_MIN_SIDE` | `1` | images with a side shorter than this are refused |
-| `TRANSFIGURE_MAX_ASPECT` | `32` | longer/shorter side above this is refused |
-| `TRANSFIGURE_MAX_UPSCALE_PIXELS` | `4000000` | `/upscale` input pixel limit (the output is scale² larger) |
-| `TRANSFIGURE_TILE` | `256` | `/upscale` tile side in input pixels (`0` = no tiling) |
-| `TRANSFIGURE_TILE_OVERLAP` | `16` | context each tile sees beyond its edges |
-| `TRANSFIGURE_MAX_SAMPLES` | `64` | `/sample`: largest `n` |
-| `TRANSFIGURE_SAMPLE_BATCHING` | `1` | `/sample`: batch concurrent requests through BentoML's adaptive batcher; `0`: run each directly (side by side in the inference lanes) — on CPU with the small cGAN this doubled requests/s at 16 concurrent requests, as the batcher's internal JSON hop costs more than batching saves |
-| `TRANSFIGURE_SAMPLE_MAX_BATCH` | `256` | adaptive batching: most samples run together |
-| `TRANSFIGURE_SAMPLE_MAX_LATENCY_MS` | `10000` | adaptive batching: a queued sample request older than this gets 503 |
-| `TRANSFIGURE_API_TOKEN` | unset | if set, every request needs `Authorization: Bearer <token>`, except `/livez`, `/readyz`, `/metrics` |
+Every ``TRANSFIGURE_*`` variable (and Kubernetes' ``JOB_COMPLETION_INDEX``) is a field of
+:class:`Settings`, with its default and its meaning as the field's description; the README's
+"Configuration" table is that list (``python -m service.config`` prints it; tests/test_config.py
+checks that the README matches). A Kubernetes ConfigMap sets most of them.
 
-Invalid values stop the service at start-up with a message naming the variable.
+* :func:`get_settings` reads the environment once and keeps the result (the service reads it at
+  import); ``get_settings.cache_clear()`` makes the next call read it again.
+* :func:`load_settings` reads it afresh every time (a ``transfigure batch`` run, tests that set
+  variables with ``monkeypatch.setenv``).
+
+Unset or empty (blank) variables mean the default. An invalid value raises :class:`SettingsError`,
+whose message names every bad variable and its value: the service stops at start-up and
+``transfigure batch`` / ``transfigure serve`` exit with a usage error; no request ever sees it.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import functools
+import math
 from pathlib import Path
+from typing import Annotated, Any
 
-from models import zoo_dir
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models import ZOO_DIR
 from service.imaging import Limits
 
+ENV_PREFIX = "TRANSFIGURE_"
+_VERBATIM = {"api_token", "models_dir"}  # taken as written: not stripped of spaces
+_DEFAULTS = Limits()
 
-def _int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
-    if value < minimum:
-        raise ValueError(f"environment variable {name}={raw!r} must be at least {minimum}")
+
+class SettingsError(ValueError):
+    """An environment variable with an invalid value; the message names each one."""
+
+
+def _number(value: Any) -> Any:
+    """Integers may be written as numbers (``2e7``, ``1024.0``); the fraction is dropped."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if not math.isfinite(number):
+            raise ValueError("must be a finite integer")
+        return int(number)
     return value
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"environment variable {name}={raw!r} must be 1/0 (true/false)")
+def _side(value: Any) -> Any:
+    """A side limit: ``0``, a negative number, ``off`` or ``none`` turn it off."""
+    if isinstance(value, str) and value.lower() in {"off", "none"}:
+        return None
+    return _number(value)
 
 
-@dataclass
-class ServiceConfig:
-    models_dir: Path = field(default_factory=zoo_dir)
-    models: list[str] | None = None  # None: every model in the zoo
-    strict: bool = True
-    workers: int = 1
-    threads: int | None = None  # None: CPUs // workers
-    infer_concurrency: int = 0  # 0: the ORT threads per worker (service.zoo.InferenceSlots)
-    timeout_s: int = 60
-    max_concurrency: int = 64
-    max_body_bytes: int = 0  # 0: limits.max_bytes + 1 MiB
-    max_pixels_in_flight: int = 0  # 0: limits.max_pixels (service.admission.PixelBudget)
-    max_samples: int = 64
-    sample_batching: bool = True
-    sample_max_batch: int = 256
-    sample_max_latency_ms: int = 10_000
-    api_token: str | None = None
-    limits: Limits = field(default_factory=Limits)
+Number = Annotated[int, BeforeValidator(_number)]
+Side = Annotated[int | None, BeforeValidator(_side)]
 
-    def __post_init__(self) -> None:
-        if not self.max_body_bytes:
-            self.max_body_bytes = self.limits.max_bytes + (1 << 20)  # multipart framing + form fields
-        if not self.max_pixels_in_flight:
-            self.max_pixels_in_flight = self.limits.max_pixels
 
+class Settings(BaseSettings):
+    """Every setting, named after its variable: field ``max_bytes`` is ``TRANSFIGURE_MAX_BYTES``.
+
+    ``doc_default`` (in a field's extra) is how the README states a default that is not a plain
+    number: where it depends on other settings or on the machine. Values are normalised as read
+    (e.g. ``TRANSFIGURE_THREADS=0`` is ``None``, the automatic choice); :attr:`limits` gathers
+    the image limits for ``service.imaging``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore")
+
+    models_dir: Path = Field(
+        default=ZOO_DIR,
+        description="the zoo folder (`<name>/model.onnx` + `card.json`)",
+        json_schema_extra={"doc_default": "shipped `models/`"},
+    )
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="comma-separated model names to load (others are ignored)",
+        json_schema_extra={"doc_default": "all"},
+    )
+    strict: bool = Field(
+        default=True,
+        description="`1`: refuse to start if any model's card/file/sha256 is bad (the message names the file); "
+        "`0`: start without it and list it under `unavailable` in `/models`",
+    )
+    workers: int = Field(default=1, ge=1, description="BentoML worker processes (each loads every model)")
+    threads: int | None = Field(
+        default=None,
+        ge=0,
+        description="onnxruntime intra-op threads per session (CPUs are cgroup-aware); `transfigure batch`: "
+        "its `--threads` default",
+        json_schema_extra={"doc_default": "CPUs / workers"},
+    )
+    infer_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="inferences running at once per worker: a request alone runs on every ORT thread, queued "
+        "requests run side by side on one thread each (more requests/s under load); `1` = strictly one at a time",
+        json_schema_extra={"doc_default": "threads"},
+    )
+    timeout: int = Field(
+        default=60, ge=1, description="request timeout in seconds (BentoML `traffic.timeout`)"
+    )
+    max_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="requests in flight per service before 503 (BentoML `traffic.max_concurrency`)",
+    )
+    max_body_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="request body limit; larger bodies get 413 before they are read",
+        json_schema_extra={"doc_default": "`MAX_BYTES + 1 MiB`"},
+    )
+    max_bytes: Number = Field(
+        default=_DEFAULTS.max_bytes,
+        description="encoded image upload limit (413)",
+        json_schema_extra={"doc_default": "`20971520` (20 MiB)"},
+    )
+    max_pixels: Number = Field(
+        default=_DEFAULTS.max_pixels,
+        description="decoded pixel limit per image, checked from the header before decoding (decompression "
+        "bombs); 413 above it",
+    )
+    max_pixels_in_flight: int = Field(
+        default=0,
+        ge=0,
+        description="pixels of the `/translate` and `/upscale` inputs a worker works on at once (decode to "
+        "encode); a request that would pass it while others run gets 503 with `Retry-After` (a request alone "
+        "is always admitted), so a worker's memory stays that of about one largest image however many arrive",
+        json_schema_extra={"doc_default": "`MAX_PIXELS`"},
+    )
+    max_side: Side = Field(
+        default=_DEFAULTS.max_side,
+        description="`/translate`: downscale so the longer side is at most this; by default images are "
+        "translated at their own resolution",
+        json_schema_extra={"doc_default": "`0` (never)"},
+    )
+    fullres_max_side: Side = Field(
+        default=_DEFAULTS.fullres_max_side,
+        description="`/translate` and `transfigure batch`, only for models whose network runs at full "
+        "resolution (card `input.multiple_of` > 1): the network runs on a copy whose longer side is at most "
+        "this and the output is resized back to the input's size, with an `X-Transfigure-Processed-Size: WxH` "
+        "header (batch: `processed_size` in the report); `0` = off. Resolution-free translators "
+        "(`multiple_of` 1) are never resized by it",
+    )
+    min_side: Number = Field(
+        default=_DEFAULTS.min_side, description="images with a side shorter than this are refused"
+    )
+    max_aspect: float = Field(
+        default=_DEFAULTS.max_aspect, description="longer/shorter side above this is refused"
+    )
+    max_upscale_pixels: Number = Field(
+        default=_DEFAULTS.max_upscale_pixels,
+        description="`/upscale` input pixel limit (the output is scale² larger)",
+    )
+    tile: Number = Field(
+        default=_DEFAULTS.tile, description="`/upscale` tile side in input pixels (`0` = no tiling)"
+    )
+    tile_overlap: Number = Field(
+        default=_DEFAULTS.tile_overlap, description="context each tile sees beyond its edges"
+    )
+    max_samples: int = Field(default=64, ge=1, description="`/sample`: largest `n`")
+    sample_batching: bool = Field(
+        default=True,
+        description="`/sample`: batch concurrent requests through BentoML's adaptive batcher; `0`: run each "
+        "directly (side by side in the inference lanes) — on CPU with the small cGAN this doubled requests/s "
+        "at 16 concurrent requests (62 → 115 req/s), as the batcher's internal JSON hop costs more than "
+        "batching saves",
+    )
+    sample_max_batch: int = Field(
+        default=256, ge=2, description="adaptive batching: most samples run together"
+    )
+    sample_max_latency_ms: int = Field(
+        default=10_000,
+        ge=10,
+        description="adaptive batching: a queued sample request older than this gets 503",
+    )
+    api_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="if set, every request needs `Authorization: Bearer <token>`, except `/livez`, "
+        "`/readyz`, `/metrics`",
+        json_schema_extra={"doc_default": "unset"},
+    )
+    shard_count: int = Field(
+        default=1,
+        ge=1,
+        description="`transfigure batch`: number of shards when `--shard-count` is not given",
+    )
+    job_completion_index: int | None = Field(
+        default=None,
+        ge=0,
+        validation_alias="JOB_COMPLETION_INDEX",
+        description="`transfigure batch`: this shard when `--shard-index` is not given (Kubernetes sets it in "
+        "an Indexed Job)",
+        json_schema_extra={"doc_default": "`0`"},
+    )
+
+    @model_validator(mode="before")
     @classmethod
-    def from_env(cls) -> ServiceConfig:
-        names = [n.strip() for n in os.environ.get("TRANSFIGURE_MODELS", "").split(",") if n.strip()]
-        threads = _int("TRANSFIGURE_THREADS", 0)
-        return cls(
-            models_dir=zoo_dir(),
-            models=names or None,
-            strict=_bool("TRANSFIGURE_STRICT", True),
-            workers=_int("TRANSFIGURE_WORKERS", 1, minimum=1),
-            threads=threads or None,
-            infer_concurrency=_int("TRANSFIGURE_INFER_CONCURRENCY", 0, minimum=0),
-            timeout_s=_int("TRANSFIGURE_TIMEOUT", 60, minimum=1),
-            max_concurrency=_int("TRANSFIGURE_MAX_CONCURRENCY", 64, minimum=1),
-            max_body_bytes=_int("TRANSFIGURE_MAX_BODY_BYTES", 0),
-            max_pixels_in_flight=_int("TRANSFIGURE_MAX_PIXELS_IN_FLIGHT", 0),
-            max_samples=_int("TRANSFIGURE_MAX_SAMPLES", 64, minimum=1),
-            sample_batching=_bool("TRANSFIGURE_SAMPLE_BATCHING", True),
-            sample_max_batch=_int("TRANSFIGURE_SAMPLE_MAX_BATCH", 256, minimum=2),
-            sample_max_latency_ms=_int("TRANSFIGURE_SAMPLE_MAX_LATENCY_MS", 10_000, minimum=10),
-            api_token=os.environ.get("TRANSFIGURE_API_TOKEN") or None,
-            limits=Limits.from_env(),
+    def _blank_is_unset(cls, data: Any) -> Any:
+        """Surrounding spaces are ignored and a blank value means the default, as for an empty one."""
+        if not isinstance(data, dict):
+            return data
+        out = {}
+        for key, value in data.items():
+            if isinstance(value, str) and key not in _VERBATIM:
+                value = value.strip()
+                if not value:
+                    continue
+            out[key] = value
+        return out
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()] or None
+        return value or None
+
+    @field_validator("models_dir")
+    @classmethod
+    def _resolve_dir(cls, value: Path) -> Path:
+        return value.resolve()
+
+    @model_validator(mode="after")
+    def _normalise(self) -> Settings:
+        """The shorthand values (0: default, off, or derived) become the values the code uses."""
+        d = _DEFAULTS
+        self.threads = self.threads or None
+        self.max_bytes = self.max_bytes or d.max_bytes
+        self.max_pixels = self.max_pixels or d.max_pixels
+        self.max_upscale_pixels = self.max_upscale_pixels or d.max_upscale_pixels
+        self.max_side = self.max_side if self.max_side and self.max_side > 0 else None
+        self.fullres_max_side = (
+            self.fullres_max_side if self.fullres_max_side and self.fullres_max_side > 0 else None
         )
+        self.min_side = max(1, self.min_side)
+        self.tile = max(0, self.tile)
+        self.tile_overlap = max(0, self.tile_overlap)
+        if not self.max_body_bytes:
+            self.max_body_bytes = self.max_bytes + (1 << 20)  # multipart framing + form fields
+        if not self.max_pixels_in_flight:
+            self.max_pixels_in_flight = self.max_pixels
+        return self
+
+    @property
+    def limits(self) -> Limits:
+        """What an input image may be (``service.imaging``)."""
+        return Limits(
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+            max_side=self.max_side,
+            fullres_max_side=self.fullres_max_side,
+            min_side=self.min_side,
+            max_aspect=self.max_aspect,
+            max_upscale_pixels=self.max_upscale_pixels,
+            tile=self.tile,
+            tile_overlap=self.tile_overlap,
+        )
+
+
+def variable(field: str) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    info = Settings.model_fields[field]
+    return info.validation_alias if isinstance(info.validation_alias, str) else ENV_PREFIX + field.upper()
+
+
+def _describe(e: ValidationError) -> str:
+    names = {variable(f): f for f in Settings.model_fields}
+    problems = []
+    for err in e.errors():
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        name = loc if loc in names else variable(loc) if loc in Settings.model_fields else loc
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.append(f"environment variable {name}={err['input']!r}: {msg[:1].lower()}{msg[1:]}")
+    return "; ".join(problems)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment now; ``overrides`` (by field name) win over it. Raises :class:`SettingsError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        raise SettingsError(_describe(e)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The settings, read from the environment on the first call; ``get_settings.cache_clear()`` re-reads."""
+    return load_settings()
+
+
+def _default_text(field: str) -> str:
+    info = Settings.model_fields[field]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "doc_default" in extra:
+        return str(extra["doc_default"])
+    default = info.default
+    if isinstance(default, bool):
+        return f"`{int(default)}`"
+    if isinstance(default, float) and default.is_integer():
+        return f"`{int(default)}`"
+    return f"`{default}`"
+
+
+def markdown_rows() -> list[str]:
+    """The README's configuration table, one ``| variable | default | meaning |`` row per setting."""
+    return [
+        f"| `{variable(f)}` | {_default_text(f)} | {info.description} |"
+        for f, info in Settings.model_fields.items()
+    ]
+
+
+if __name__ == "__main__":
+    print("| variable | default | meaning |\n|---|---|---|")
+    print("\n".join(markdown_rows()))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -73,31 +72,12 @@ class ImageError(ValueError):
 # -- limits ------------------------------------------------------------------------------------
 
 
-def _env_int(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if raw.lower() in {"none", "off", "0"} and default is None:
-        return None
-    try:
-        return int(float(raw))
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from None
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be a number") from None
-
-
 @dataclass
 class Limits:
-    """What an input image may be. Defaults are safe for a 2-CPU pod with a few GiB of memory."""
+    """What an input image may be. Defaults are safe for a 2-CPU pod with a few GiB of memory.
+
+    The service and ``transfigure batch`` take them from the environment (``service.config``).
+    """
 
     max_bytes: int = 20 * 1024 * 1024  # encoded upload size
     max_pixels: int = 40_000_000  # decoded width x height, checked before decoding (bombs)
@@ -109,25 +89,6 @@ class Limits:
     max_upscale_pixels: int = 4_000_000  # upscale input; the output is scale^2 times larger
     tile: int = 256  # upscale tile side in input pixels (bounded memory)
     tile_overlap: int = 16  # context each tile sees beyond its edges, in input pixels
-
-    @classmethod
-    def from_env(cls) -> Limits:
-        """Read ``TRANSFIGURE_*`` variables (table in service/config.py); unset means default."""
-        d = cls()
-        max_side = _env_int("TRANSFIGURE_MAX_SIDE", d.max_side)
-        fullres_max_side = _env_int("TRANSFIGURE_FULLRES_MAX_SIDE", d.fullres_max_side)
-        return cls(
-            max_bytes=_env_int("TRANSFIGURE_MAX_BYTES", d.max_bytes) or d.max_bytes,
-            max_pixels=_env_int("TRANSFIGURE_MAX_PIXELS", d.max_pixels) or d.max_pixels,
-            max_side=max_side if max_side and max_side > 0 else None,
-            fullres_max_side=fullres_max_side if fullres_max_side and fullres_max_side > 0 else None,
-            min_side=max(1, _env_int("TRANSFIGURE_MIN_SIDE", d.min_side) or 1),
-            max_aspect=_env_float("TRANSFIGURE_MAX_ASPECT", d.max_aspect),
-            max_upscale_pixels=_env_int("TRANSFIGURE_MAX_UPSCALE_PIXELS", d.max_upscale_pixels)
-            or d.max_upscale_pixels,
-            tile=max(0, _env_int("TRANSFIGURE_TILE", d.tile) or 0),
-            tile_overlap=max(0, _env_int("TRANSFIGURE_TILE_OVERLAP", d.tile_overlap) or 0),
-        )
 
 
 # -- decoding ----------------------------------------------------------------------------------

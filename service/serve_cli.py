@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from models import CardError, ModelCard, zoo_dir
+from models import CardError, ModelCard
+from service.config import SettingsError, load_settings
 from service.zoo import check_cards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,17 +63,25 @@ def check_zoo(root: Path, strict: bool) -> tuple[list[ModelCard], list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
+    overrides: dict[str, object] = {}
     if args.models_dir is not None:
         env["TRANSFIGURE_MODELS_DIR"] = str(args.models_dir.resolve())
+        overrides["models_dir"] = args.models_dir
     if args.workers is not None:
         if args.workers < 1:
             print("transfigure serve: --workers must be at least 1", file=sys.stderr)
             return 2
         env["TRANSFIGURE_WORKERS"] = str(args.workers)
+        overrides["workers"] = args.workers
     if args.allow_missing:
         env["TRANSFIGURE_STRICT"] = "0"
-    strict = env.get("TRANSFIGURE_STRICT", "1").strip().lower() not in {"0", "false", "no", "off"}
-    root = Path(env["TRANSFIGURE_MODELS_DIR"]) if env.get("TRANSFIGURE_MODELS_DIR") else zoo_dir()
+        overrides["strict"] = False
+    try:  # the service reads the same settings at start-up: say what is wrong before starting it
+        settings = load_settings(**overrides)
+    except SettingsError as e:
+        print(f"transfigure serve: {e}", file=sys.stderr)
+        return 2
+    strict, root = settings.strict, settings.models_dir
 
     cards, problems = check_zoo(root, strict)
     print(f"zoo: {root}")

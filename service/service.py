@@ -57,7 +57,7 @@ from starlette.responses import JSONResponse, Response
 from models.card import CardError
 from service import imaging
 from service.admission import PixelBudget, ServerBusy
-from service.config import ServiceConfig
+from service.config import get_settings
 from service.demo import DemoMiddleware
 from service.middleware import GuardMiddleware
 from service.zoo import (
@@ -73,7 +73,7 @@ from service.zoo import (
 log = logging.getLogger("bentoml.transfigure")
 T = TypeVar("T")
 
-CONFIG = ServiceConfig.from_env()
+CONFIG = get_settings()  # read once, at import: a bad value stops the service before it serves
 ImageFile = Annotated[Path, ContentType("image/*")]
 MAX_NAME_CHARS = 256  # model and label names longer than this are refused without being echoed
 # A translate input larger than this runs alone on every ORT thread (InferenceSlots, exclusive): its
@@ -393,7 +393,7 @@ def _busy(e: ServerBusy, ctx: bentoml.Context) -> Response:
     name="transfigure",
     workers=CONFIG.workers,
     threads=1,  # sync APIs (the sample batches) run one at a time: ORT already uses every core
-    traffic={"timeout": CONFIG.timeout_s, "max_concurrency": CONFIG.max_concurrency},
+    traffic={"timeout": CONFIG.timeout, "max_concurrency": CONFIG.max_concurrency},
 )
 class Transfigure:
     def __init__(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from service import imaging
+from service.config import load_settings
 from service.imaging import DecodedImage, ImageError, Limits
 from service.zoo import Zoo
 from tests.tiny_models import make_model, make_zoo
@@ -176,16 +177,16 @@ def test_not_bytes_is_refused() -> None:
         imaging.decode_image("https://example.com/cat.png", LIMITS)  # type: ignore[arg-type]
 
 
-def test_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limits_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFIGURE_MAX_PIXELS", "1000")
     monkeypatch.setenv("TRANSFIGURE_MAX_SIDE", "0")
     monkeypatch.setenv("TRANSFIGURE_TILE", "64")
-    lim = Limits.from_env()
+    lim = load_settings().limits
     assert lim.max_pixels == 1000 and lim.max_side is None and lim.tile == 64
     assert lim.max_bytes == Limits().max_bytes
     monkeypatch.setenv("TRANSFIGURE_MAX_BYTES", "lots")
-    with pytest.raises(ValueError, match="TRANSFIGURE_MAX_BYTES"):
-        Limits.from_env()
+    with pytest.raises(ValueError, match="TRANSFIGURE_MAX_BYTES='lots'"):
+        load_settings()
 
 
 # -- resize / translate --------------------------------------------------------------------------
@@ -193,21 +194,21 @@ def test_limits_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_images_keep_their_resolution_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRANSFIGURE_MAX_SIDE", raising=False)
-    assert Limits().max_side is None and Limits.from_env().max_side is None
+    assert Limits().max_side is None and load_settings().limits.max_side is None
     monkeypatch.setenv("TRANSFIGURE_MAX_SIDE", "1024")  # the opt-in downscale
-    assert Limits.from_env().max_side == 1024
+    assert load_settings().limits.max_side == 1024
 
 
 def test_fullres_max_side_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRANSFIGURE_FULLRES_MAX_SIDE", raising=False)
-    assert Limits().fullres_max_side == 1024 and Limits.from_env().fullres_max_side == 1024
+    assert Limits().fullres_max_side == 1024 and load_settings().limits.fullres_max_side == 1024
     monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "512")
-    assert Limits.from_env().fullres_max_side == 512
+    assert load_settings().limits.fullres_max_side == 512
     monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "0")  # off
-    assert Limits.from_env().fullres_max_side is None
+    assert load_settings().limits.fullres_max_side is None
     monkeypatch.setenv("TRANSFIGURE_FULLRES_MAX_SIDE", "big")
     with pytest.raises(ValueError, match="TRANSFIGURE_FULLRES_MAX_SIDE"):
-        Limits.from_env()
+        load_settings()
 
 
 def test_network_size_bounds_only_full_resolution_networks(zoo: Zoo) -> None:
