@@ -130,6 +130,31 @@ def test_shard_index_defaults_to_job_completion_index(
     assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", tmp_path / "in", "--output", out) == 2
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRANSFIGURE_FULLRES_MAX_SIDE", "big"),
+        ("TRANSFIGURE_SHARD_COUNT", "two"),
+        ("JOB_COMPLETION_INDEX", "x"),
+    ],
+)
+def test_a_bad_environment_variable_is_a_usage_error(
+    tmp_path: Path,
+    zoo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    name: str,
+    value: str,
+) -> None:
+    make_tree(tmp_path / "in", n=1)
+    monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    assert run_batch(zoo_dir, "--model", "tiny-translate", "--input", tmp_path / "in", "--output", out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("transfigure batch: ") and f"{name}={value!r}" in err and "Traceback" not in err
+    assert not out.exists()  # refused before any work
+
+
 # -- resume and atomicity ----------------------------------------------------------------------------
 
 

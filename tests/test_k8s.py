@@ -369,6 +369,29 @@ def test_batch_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert netpol["spec"].get("ingress", []) == [] and netpol["spec"].get("egress", []) == []
 
 
+@pytest.mark.parametrize("target", ["base", "dev", "prod", "batch"])
+def test_configured_variables_are_valid_settings(
+    rendered: dict[str, list[dict[str, Any]]], target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every TRANSFIGURE_* variable the service and batch pods get is a setting, and the values load."""
+    from service.config import Settings, load_settings, variable
+
+    known = {variable(f) for f in Settings.model_fields}
+    docs = _target(rendered, target)
+    containers = [c for d in docs for c in _containers(d)]
+    assert containers
+    for c in containers:
+        env = _config(docs, c)
+        names = {n for n in {e["name"] for e in c.get("env", [])} | set(env) if n.startswith("TRANSFIGURE_")}
+        assert names <= known, f"{target}: not settings: {sorted(names - known)}"
+        for name in known:
+            monkeypatch.delenv(name, raising=False)
+        for name in names & set(env):
+            monkeypatch.setenv(name, env[name])
+        settings = load_settings()  # SettingsError names a bad value
+        assert settings.threads == int(env["TRANSFIGURE_THREADS"])
+
+
 # -- the training job: a Kubeflow PyTorchJob ---------------------------------------------------------
 
 

@@ -210,6 +210,19 @@ def test_serve_check_lists_models_and_refuses_bad_ones(tmp_path: Path, capsys: p
     assert _cli(["--models-dir", str(tmp_path), "--check", "--allow-missing"]) == 0
 
 
+def test_serve_reads_the_settings_and_refuses_a_bad_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_zoo(tmp_path, kinds=("translate",))
+    (tmp_path / "tiny-translate" / "model.onnx").write_bytes(b"swapped")
+    monkeypatch.setenv("TRANSFIGURE_STRICT", "0")  # from the environment, as --allow-missing would
+    assert _cli(["--models-dir", str(tmp_path), "--check"]) == 0
+    monkeypatch.setenv("TRANSFIGURE_TIMEOUT", "soon")
+    assert _cli(["--models-dir", str(tmp_path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "transfigure serve: environment variable TRANSFIGURE_TIMEOUT='soon'" in err
+
+
 @pytest.mark.integration
 def test_bentoml_serve_refuses_a_bad_model_naming_the_file(tmp_path: Path) -> None:
     make_zoo(tmp_path, kinds=("translate",))

@@ -10,7 +10,7 @@ Rows (one server, one worker, ``--threads`` ORT threads, the service's default l
   (goal: <= 2 s on 2 cores), and one answered as PNG, with the server's ``Server-Timing`` split
   (decode / queue / infer / encode): PNG encoding of 12 MP is what the JPEG and WebP answers avoid;
 * **8 x 12 MP at once**: statuses (503 = refused by the pixel budget of requests in flight,
-  ``TRANSFIGURE_MAX_INFLIGHT_PIXELS``), wall time and the worker's peak RSS (``VmHWM``).
+  ``TRANSFIGURE_MAX_PIXELS_IN_FLIGHT``), wall time and the worker's peak RSS (``VmHWM``).
 
 ``--model-dir`` takes a model folder (``card.json`` + ``model.onnx``), e.g. a trained guided
 translator; without it, an untrained ``GuidedTranslator`` with a perturbed head is exported to a
