@@ -3,19 +3,23 @@
 A shipped model lives in ``models/<name>/`` as ``model.onnx`` + ``card.json``. The card says what
 the service needs to run the model (task, tensor names, input contract, classes, scale) and what
 a user needs to trust it (training data, recipe, measured metrics with the command that measured
-them). This module imports nothing heavier than pydantic so that both sides can use it.
+them, and the export's checks as typed records: ONNX parity, the INT8 gate, the quality-bar
+verdict). ``notes`` is free text for people; no tool reads it. This module imports nothing heavier
+than pydantic so that both sides can use it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATED_VERSIONS = (1,)  # older versions read (and upgraded) by ModelCard.from_dict
 CARD_FILE = "card.json"
 
 # ONNX tensor names. Fixed by convention so that export and service cannot disagree.
@@ -25,7 +29,8 @@ LABEL_INPUT = "label"  # sample: N int64 class indices
 OUTPUT = "output"  # every task: N x C x H' x W' float32 in the card's output range
 
 Task = Literal["translate", "sample", "upscale"]
-Method = Literal["cyclegan", "pix2pix", "cgan", "srgan"]
+Precision = Literal["fp32", "int8"]
+METHOD_PATTERN = r"^[a-z][a-z0-9_]*$"  # a recipe's registry name
 
 
 class CardError(ValueError):
@@ -81,11 +86,170 @@ class Metric(_Strict):
     command: str
 
 
+class ParityCase(_Strict):
+    """One input of the parity check and the largest difference it showed."""
+
+    batch: int = Field(ge=1)
+    size: tuple[int, int] | None = Field(
+        default=None, description="H, W of the image input; null for sample models (z + label inputs)"
+    )
+    max_abs_err: float = Field(ge=0, description="max |onnxruntime - torch| over the output, output units")
+
+
+class OnnxParity(_Strict):
+    """The export's parity check: the ONNX file against the torch net on fresh random inputs."""
+
+    compared: str = Field(min_length=1, description="what ran on each side")
+    weights: Literal["trained", "dequantized_int8"] = Field(
+        default="trained",
+        description="trained: the run's weights (EMA when the run kept them, see training.recipe_config); "
+        "dequantized_int8: rebuilt from the dequantized weights of an INT8 export whose fp32 file was not "
+        "kept, so 'fp32' (here and in int8_gate) means those INT8-rounded weights computed in fp32",
+    )
+    exporter: Literal["dynamo", "torchscript"]
+    tolerance: float = Field(gt=0, description="largest max_abs_err the export accepts, output units")
+    cases: list[ParityCase] = Field(min_length=1, description="the sizes checked")
+
+    @model_validator(mode="after")
+    def _within_tolerance(self) -> OnnxParity:
+        if self.max_abs_err() > self.tolerance:
+            raise ValueError(
+                f"max abs error {self.max_abs_err():.3e} exceeds the tolerance "
+                f"{self.tolerance:.0e}; an export that fails its parity check is not shipped"
+            )
+        return self
+
+    def max_abs_err(self) -> float:
+        return max(c.max_abs_err for c in self.cases)
+
+
+def relative_loss(fp32: float, int8: float, higher_is_better: bool) -> float:
+    """How much worse INT8 is than fp32, as a fraction of fp32 (negative: INT8 is better)."""
+    drop = (fp32 - int8) if higher_is_better else (int8 - fp32)
+    return drop / max(abs(fp32), 1e-12)
+
+
+class Int8Gate(_Strict):
+    """INT8 static quantisation, shipped only if ``metric`` loses at most ``threshold`` (relative)."""
+
+    metric: str = Field(min_length=1, description="the metric measured on both files (the headline metric)")
+    higher_is_better: bool
+    fp32: float = Field(description="the metric with the fp32 ONNX file")
+    int8: float = Field(description="the metric with the INT8 ONNX file")
+    threshold: float = Field(ge=0, description="largest relative loss of the metric at which INT8 ships")
+    speedup: float = Field(gt=0, description="fp32 time / INT8 time, onnxruntime CPU, one thread")
+    calibration_inputs: int = Field(ge=1, description="training inputs the quantiser was calibrated on")
+    shipped: Precision = Field(description="the file that was kept")
+    command: str = Field(description="the command that measured both files")
+
+    @property
+    def relative_loss(self) -> float:
+        return relative_loss(self.fp32, self.int8, self.higher_is_better)
+
+    @model_validator(mode="after")
+    def _decision_follows_the_numbers(self) -> Int8Gate:
+        want = "int8" if self.relative_loss <= self.threshold else "fp32"
+        if self.shipped != want:
+            raise ValueError(
+                f"relative loss {self.relative_loss:+.2%} against threshold "
+                f"{self.threshold:.0%} ships {want}, not {self.shipped}"
+            )
+        return self
+
+    def summary(self) -> str:
+        return (
+            f"INT8 ({self.calibration_inputs} calibration inputs): {self.metric} fp32 {self.fp32:.4g} -> "
+            f"int8 {self.int8:.4g} (relative loss {self.relative_loss:+.2%}, threshold {self.threshold:.0%}), "
+            f"speed-up {self.speedup:.2f}x on CPU; shipped {self.shipped}"
+        )
+
+
+def _compare(value: float | None, comparison: str, limit: float | None) -> bool:
+    if value is None or limit is None:
+        return False
+    return value >= limit if comparison == ">=" else value <= limit
+
+
+class BarCriterion(_Strict):
+    """One criterion of a quality bar: a measured value against a limit."""
+
+    requirement: str = Field(min_length=1, description="the criterion in words")
+    metric: str = Field(min_length=1, description="what is measured: a metric name or an expression of them")
+    value: float | None = Field(allow_inf_nan=False, description="measured; null when it was not measured")
+    comparison: Literal[">=", "<="]
+    limit: float | None = Field(allow_inf_nan=False, description="null when it could not be computed")
+    met: bool
+    context: dict[str, float] = Field(
+        default_factory=dict, description="related measured figures reported with it, not judged"
+    )
+
+    @classmethod
+    def judge(
+        cls,
+        requirement: str,
+        metric: str,
+        value: float | None,
+        comparison: Literal[">=", "<="],
+        limit: float | None,
+        context: dict[str, float | None] | None = None,
+    ) -> BarCriterion:
+        """The criterion with ``met`` decided; NaN / missing figures become null (and fail it)."""
+        value, limit = _finite(value), _finite(limit)
+        ctx = {k: v for k, v in (context or {}).items() if _finite(v) is not None}
+        return cls(
+            requirement=requirement, metric=metric, value=value, comparison=comparison, limit=limit,
+            met=_compare(value, comparison, limit), context=ctx,
+        )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _met_follows_the_numbers(self) -> BarCriterion:
+        if self.met != _compare(self.value, self.comparison, self.limit):
+            raise ValueError(
+                f"'met' is {self.met} but {self.value} {self.comparison} {self.limit} is {not self.met}"
+            )
+        return self
+
+
+class QualityBar(_Strict):
+    """The bar a model had to clear to ship as the default, and whether it did."""
+
+    description: str = Field(min_length=1, description="the bar in words")
+    criteria: list[BarCriterion] = Field(min_length=1)
+    met: bool = Field(description="every criterion met")
+
+    @classmethod
+    def of(cls, criteria: list[BarCriterion], description: str | None = None) -> QualityBar:
+        text = description or "; ".join(c.requirement for c in criteria)
+        return cls(description=text, criteria=criteria, met=all(c.met for c in criteria))
+
+    @model_validator(mode="after")
+    def _met_is_every_criterion(self) -> QualityBar:
+        if self.met != all(c.met for c in self.criteria):
+            raise ValueError("'met' must be true exactly when every criterion is met")
+        return self
+
+    def summary(self) -> str:
+        parts = [
+            f"{c.requirement}: {'met' if c.met else 'missed'} ({c.metric} {_fmt(c.value)} {c.comparison} "
+            f"{_fmt(c.limit)})"
+            for c in self.criteria
+        ]
+        return f"Quality bar {'MET' if self.met else 'MISSED'}: " + "; ".join(parts)
+
+
+def _finite(v: float | None) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _fmt(v: float | None) -> str:
+    return "not measured" if v is None else f"{v:.4g}"
+
+
 class ModelCard(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")
     task: Task
-    method: Method
+    method: str = Field(pattern=METHOD_PATTERN, description="the recipe that trained it (its registry name)")
     description: str = Field(min_length=1)
     architecture: str = Field(min_length=1)
     parameters: int = Field(ge=0)
@@ -97,7 +261,7 @@ class ModelCard(_Strict):
     onnx_file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     opset: int = Field(ge=7)
-    precision: Literal["fp32", "int8"] = "fp32"
+    precision: Precision = "fp32"
     input: InputSpec | None = None
     output: ImageSpec
     scale: int | None = Field(default=None, ge=2)
@@ -107,7 +271,17 @@ class ModelCard(_Strict):
     training: TrainingInfo
     metrics: list[Metric] = Field(default_factory=list)
     headline_metric: str | None = Field(default=None, description="name of the metric to show in listings")
-    notes: str = ""
+    parity: OnnxParity | None = Field(default=None, description="the export's ONNX parity check")
+    int8_gate: Int8Gate | None = Field(default=None, description="the INT8 decision, when INT8 was tried")
+    quality_bar: QualityBar | None = Field(default=None, description="the shipping bar's verdict")
+    notes: str = Field(default="", description="free text for people; no tool reads it")
+
+    @field_validator("schema_version")
+    @classmethod
+    def _current_version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"must be {SCHEMA_VERSION} (ModelCard.from_dict upgrades older cards)")
+        return v
 
     @field_validator("onnx_file")
     @classmethod
@@ -138,6 +312,11 @@ class ModelCard(_Strict):
             raise ValueError("field 'classes' must be a non-empty list of distinct names")
         if self.headline_metric is not None and self.headline_metric not in {m.name for m in self.metrics}:
             raise ValueError(f"field 'headline_metric': no metric named '{self.headline_metric}'")
+        if self.int8_gate is not None and self.int8_gate.shipped != self.precision:
+            raise ValueError(
+                f"field 'int8_gate.shipped': the gate shipped {self.int8_gate.shipped} but the card's "
+                f"precision is {self.precision}"
+            )
         return self
 
     # -- helpers -------------------------------------------------------------------------------
@@ -148,6 +327,23 @@ class ModelCard(_Strict):
         if self.headline_metric:
             return self.metric(self.headline_metric)
         return self.metrics[0] if self.metrics else None
+
+    def shipped_headline(self) -> tuple[Metric | None, Precision]:
+        """The headline metric of the file as shipped, and the precision it was measured in.
+
+        For a model that ships INT8 this is the INT8 gate's measurement of the INT8 file when the
+        gate measured the headline metric; otherwise the headline as evaluated, which is fp32.
+        """
+        head = self.headline()
+        gate = self.int8_gate
+        if head is None or self.precision != "int8" or gate is None or gate.metric != head.name:
+            return head, "fp32"
+        measured = Metric(
+            name=head.name, value=gate.int8, split=head.split,
+            protocol=f"{head.protocol}; the INT8 ONNX file ({self.onnx_file}), onnxruntime CPU",
+            command=gate.command,
+        )  # fmt: skip
+        return measured, "int8"
 
     def class_index(self, label: str | int) -> int:
         """Resolve a class name or index; raises ValueError naming the valid classes."""
@@ -192,8 +388,18 @@ class ModelCard(_Strict):
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<card>") -> ModelCard:
+        """Validate a card's JSON object; a card of an older schema version is upgraded first."""
         if not isinstance(data, dict):
             raise CardError(f"{source}: a card must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version in MIGRATED_VERSIONS and not isinstance(version, bool):
+            data = migrate(data)
+        elif version != SCHEMA_VERSION or isinstance(version, bool):
+            raise CardError(
+                f"{source}: field 'schema_version': card schema version {version!r} is not supported; "
+                f"this transfigure reads version {SCHEMA_VERSION} and upgrades "
+                f"{', '.join(map(str, MIGRATED_VERSIONS))}: re-export the model with this transfigure"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -211,6 +417,16 @@ class ModelCard(_Strict):
                 "the file is corrupt or was swapped — re-export the model or fix the card"
             )
         return onnx_path
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema 1 card as a schema 2 card.
+
+    Version 2 added the typed ``parity``, ``int8_gate`` and ``quality_bar`` records (all optional)
+    and made ``method`` a recipe name rather than one of four. A version 1 card kept those results
+    as prose in ``notes``; it is upgraded without them, its notes kept as they are for people.
+    """
+    return {**data, "schema_version": SCHEMA_VERSION}
 
 
 def _describe(err: dict[str, Any]) -> str:

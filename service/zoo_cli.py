@@ -1,4 +1,8 @@
-"""List the models in the zoo with their task and headline metric."""
+"""List the models in the zoo with their task and headline metric as shipped.
+
+A model that ships INT8 shows its INT8 file's measurement (the card's ``int8_gate``); where the card
+has none, the fp32 figure is marked as such.
+"""
 
 from __future__ import annotations
 
@@ -34,15 +38,18 @@ def run(args: argparse.Namespace) -> int:
             problems.append(str(e))
             continue
         cards.append(card)
-        h = card.headline()
+        h, measured_in = card.shipped_headline()
         extra = f"x{card.scale}" if card.scale else (",".join(card.classes) if card.classes else "")
-        rows.append((card.name, card.task, card.method, extra, f"{h.name}={h.value:.4g}" if h else "-"))
+        metric = f"{h.name}={h.value:.4g}" if h else "-"
+        if h and measured_in != card.precision:
+            metric += f" (measured in {measured_in})"
+        rows.append((card.name, card.task, card.method, card.precision, extra, metric))
     if args.json:
         print(json.dumps([c.model_dump(mode="json") for c in cards], indent=2))
     else:
         print(f"zoo: {root}  ({len(cards)} model{'s' if len(cards) != 1 else ''})")
         if rows:
-            header = ("name", "task", "method", "scale/classes", "headline metric")
+            header = ("name", "task", "method", "precision", "scale/classes", "headline metric (as shipped)")
             widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
             for r in [header, *rows]:
                 print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

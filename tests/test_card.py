@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models import card_paths
-from models.card import CardError, ModelCard, sha256_file
+from models.card import BarCriterion, CardError, ModelCard, QualityBar, sha256_file
 from models.schema import SCHEMA_PATH, render
 
 
@@ -177,3 +177,111 @@ def test_shipped_cards_validate() -> None:
         card = ModelCard.load(path)
         assert card.name == path.parent.name, f"{path}: card name must equal its folder name"
         card.verify_file(path.parent)
+
+
+# -- schema 2: typed export records, recipe names, older versions -------------------------------------
+def _gate(fp32: float = 70.0, int8: float = 71.0, threshold: float = 0.03, shipped: str = "int8") -> dict:
+    return {"metric": "fid", "higher_is_better": False, "fp32": fp32, "int8": int8, "threshold": threshold,
+            "speedup": 2.5, "calibration_inputs": 8, "shipped": shipped, "command": "transfigure export r"}  # fmt: skip
+
+
+def _parity(err: float = 2e-6) -> dict:
+    return {"compared": "onnxruntime vs torch", "exporter": "dynamo", "tolerance": 1e-4,
+            "cases": [{"batch": 1, "size": [32, 32], "max_abs_err": 1e-6},
+                      {"batch": 2, "size": [36, 40], "max_abs_err": err}]}  # fmt: skip
+
+
+def test_method_is_any_recipe_name() -> None:
+    data = _valid()
+    data["method"] = "my_recipe2"
+    assert ModelCard.from_dict(data).method == "my_recipe2"
+    for bad in ("Cycle-GAN", "2gan", ""):
+        data["method"] = bad
+        with pytest.raises(CardError, match="field 'method'"):
+            ModelCard.from_dict(data)
+
+
+def test_export_records_round_trip_and_follow_their_numbers(tmp_path: Path) -> None:
+    data = _valid()
+    data.update(precision="int8", parity=_parity(), int8_gate=_gate())
+    data["quality_bar"] = QualityBar.of(
+        [BarCriterion.judge("FID <= 75", "fid", 70.0, "<=", 75.0)]
+    ).model_dump()
+    card = ModelCard.from_dict(data)
+    card.save(tmp_path)
+    again = ModelCard.load(tmp_path)
+    assert again == card and again.parity.max_abs_err() == 2e-6 and again.quality_bar.met
+    assert again.int8_gate.relative_loss == pytest.approx(1 / 70)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(parity=_parity(err=2e-4)), "exceeds the tolerance"),
+        (lambda d: d.update(int8_gate=_gate(int8=80.0)), "ships fp32, not int8"),  # 14 % worse, limit 3 %
+        (lambda d: d.update(precision="fp32"), "the gate shipped int8 but the card's precision is fp32"),
+        (lambda d: d["quality_bar"].update(met=True), "'met' must be true exactly when"),
+        (lambda d: d["quality_bar"]["criteria"][0].update(met=True), "'met' is True but 80.0 <= 75.0"),
+    ],
+)
+def test_export_records_that_contradict_themselves_are_refused(mutate, message: str) -> None:
+    data = _valid()
+    data.update(precision="int8", parity=_parity(), int8_gate=_gate())
+    data["quality_bar"] = QualityBar.of(
+        [BarCriterion.judge("FID <= 75", "fid", 80.0, "<=", 75.0)]
+    ).model_dump()
+    ModelCard.from_dict(copy.deepcopy(data))  # valid as it is
+    mutate(data)
+    with pytest.raises(CardError, match=message):
+        ModelCard.from_dict(data)
+
+
+def test_criterion_without_a_figure_is_missed() -> None:
+    crit = BarCriterion.judge("PSNR >= 30", "psnr", float("nan"), ">=", 30.0, {"bicubic": float("nan")})
+    assert crit.value is None and not crit.met and crit.context == {}
+    assert not QualityBar.of([crit, BarCriterion.judge("x", "y", 1.0, ">=", 0.5)]).met
+
+
+def test_shipped_headline_is_the_int8_files_measurement() -> None:
+    data = _valid()
+    data.update(precision="int8", int8_gate=_gate(fp32=70.0, int8=71.0))
+    metric, measured_in = ModelCard.from_dict(data).shipped_headline()
+    assert (metric.name, metric.value, measured_in) == ("fid", 71.0, "int8")
+    assert metric.command == "transfigure export r"
+    data.update(precision="fp32", int8_gate=_gate(fp32=70.0, int8=80.0, shipped="fp32"))
+    assert ModelCard.from_dict(data).shipped_headline()[0].value == 70.0  # fp32 shipped: the evaluation
+    del data["int8_gate"]
+    data["precision"] = "int8"  # an INT8 file whose gate measured nothing: the fp32 figure, said so
+    assert ModelCard.from_dict(data).shipped_headline()[1] == "fp32"
+
+
+def test_schema_1_card_is_upgraded_on_load(tmp_path: Path) -> None:
+    data = _valid()
+    data.update(schema_version=1, notes="ONNX exporter: dynamo (opset 17). Prose, kept for people.")
+    (tmp_path / "card.json").write_text(json.dumps(data))
+    card = ModelCard.load(tmp_path)
+    assert card.schema_version == 2 and card.notes == data["notes"]
+    assert card.parity is None and card.int8_gate is None and card.quality_bar is None
+    assert json.loads(card.to_json())["schema_version"] == 2
+
+
+@pytest.mark.parametrize("version", [0, 3, "2", True])
+def test_unknown_schema_version_is_refused_by_name(tmp_path: Path, version) -> None:
+    data = _valid()
+    data["schema_version"] = version
+    (tmp_path / "card.json").write_text(json.dumps(data))
+    with pytest.raises(CardError) as e:
+        ModelCard.load(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / "card.json") in msg and f"schema version {version!r} is not supported" in msg
+    assert "reads version 2" in msg
+
+
+def test_shipped_cards_carry_their_export_records() -> None:
+    for path in card_paths():
+        card = ModelCard.load(path)
+        assert card.schema_version == 2
+        assert card.parity is not None and card.quality_bar is not None, path
+        if card.precision == "int8":  # every shipped INT8 file went through the gate
+            assert card.int8_gate is not None and card.int8_gate.metric == card.headline_metric, path
+        assert not any(m.name.startswith("int8_headline") for m in card.metrics), path

@@ -50,6 +50,25 @@ def test_models_lists_empty_and_real_zoo_without_torch(tmp_path: Path) -> None:
     assert "RC 0" in proc.stdout
 
 
+def test_models_shows_the_metric_of_the_file_as_shipped(tmp_path: Path, capsys) -> None:
+    from tests.test_card import _gate, _valid
+
+    cards = {
+        "int8-model": dict(_valid(), precision="int8", int8_gate=_gate(fp32=70.0, int8=71.25)),
+        "fp32-model": dict(_valid(), int8_gate=_gate(fp32=70.0, int8=90.0, shipped="fp32")),
+        "old-int8": dict(_valid(), schema_version=1, precision="int8"),  # no gate: fp32 figure, said so
+    }
+    for name, card in cards.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_text(json.dumps(dict(card, name=name)))
+    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "int8" in rows["int8-model"].split() and rows["int8-model"].endswith("fid=71.25")
+    assert "fid=70" not in rows["int8-model"]
+    assert "fp32" in rows["fp32-model"].split() and rows["fp32-model"].endswith("fid=70")
+    assert rows["old-int8"].endswith("fid=70 (measured in fp32)")
+
+
 def test_models_reports_unusable_cards(tmp_path: Path, capsys) -> None:
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "card.json").write_text("{}")

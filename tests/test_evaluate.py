@@ -13,7 +13,7 @@ import torch
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from models.card import IMAGE_INPUT, OUTPUT, ModelCard, sha256_file
+from models.card import IMAGE_INPUT, OUTPUT, BarCriterion, ModelCard, QualityBar, sha256_file
 from tests import tiny_models
 from training import evaluate as ev
 from training import fid
@@ -196,11 +196,11 @@ def test_srgan_int8_export_measures_psnr_of_both_models(runs, tmp_path: Path) ->
     run = runs["srgan"]
     args = ["--data", str(FIXTURES / "sr"), "--int8", "--torchscript", "--int8-images", "2"]
     card = _export(run, tmp_path, "sr-int8", *args)
-    fp32, int8 = card.metric("int8_headline_fp32"), card.metric("int8_headline_int8")
-    assert fp32 is not None and int8 is not None and "export" in fp32.command and "--int8" in fp32.command
-    loss = (fp32.value - int8.value) / fp32.value  # PSNR: higher is better
-    assert card.precision == ("int8" if loss <= 0.03 else "fp32")
-    assert "INT8" in card.notes and "speed-up" in card.notes
+    gate = card.int8_gate
+    assert gate is not None and "export" in gate.command and "--int8" in gate.command
+    assert gate.higher_is_better and gate.metric == "headline" and gate.speedup > 0  # no --eval: no headline
+    loss = (gate.fp32 - gate.int8) / gate.fp32  # PSNR: higher is better
+    assert card.precision == gate.shipped == ("int8" if loss <= 0.03 else "fp32")
 
 
 def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Path, capsys) -> None:
@@ -209,7 +209,11 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     from training.recipes import load_run_from_card
 
     sr = ["--data", str(FIXTURES / "sr")]  # the dynamo exporter keeps torch's tensor names
-    first = _export(runs["srgan"], tmp_path / "a", "sr", *sr, "--notes", "Bar note.")
+    bar = QualityBar.of([BarCriterion.judge("PSNR >= 10", "psnr_y_x2", 12.0, ">=", 10.0)])
+    first = _export(
+        runs["srgan"], tmp_path / "a", "sr", *sr, "--notes", "A note.", "--quality-bar", bar.model_dump_json()
+    )
+    assert first.quality_bar == bar and first.notes == "A note."
     src = tmp_path / "a" / "sr"
     rebuilt = load_run_from_card(src)  # the fp32 file names every tensor of the card's net
     x = torch.rand(1, 3, 12, 20)
@@ -219,10 +223,11 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     assert np.abs(ours - theirs).max() < 1e-5
 
     card = _export(src, tmp_path / "b", "sr", *sr, "--int8", "--int8-max-loss", "1e9", "--int8-images", "2")
-    assert card.precision == "int8" and card.notes.startswith("Bar note. ONNX exporter:")
+    assert card.precision == "int8" and card.notes == "A note." and card.quality_bar == bar  # kept
+    assert card.parity.weights == "trained" and card.int8_gate.shipped == "int8"
     assert card.training.steps == first.training.steps and card.training.dataset == first.training.dataset
     assert card.training.recipe_config["config"] == first.training.recipe_config["config"]
-    assert card.metric("int8_headline_int8") is not None and card.scale == first.scale
+    assert card.int8_gate.metric == "headline" and card.scale == first.scale
 
     # an INT8 file does not hold the net's fp32 tensors: refused, not rebuilt with random weights...
     int8_dir = tmp_path / "b" / "sr"
@@ -237,9 +242,14 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     assert np.abs(deq - int8_out).mean() < np.abs(ours - int8_out).mean() + 0.02
     assert np.abs(deq - ours).max() > 0  # the weights really are the rounded ones
     again = _export(int8_dir, tmp_path / "c", "sr", *sr, "--dequantize")
-    assert "dequantized weights of an INT8 export" in again.notes and again.precision == "fp32"
+    assert (
+        again.parity.weights == "dequantized_int8" and again.precision == "fp32" and again.int8_gate is None
+    )
+    # its fp32 file holds the rounded weights: a re-export of it says so without being told
+    third = _export(tmp_path / "c" / "sr", tmp_path / "d", "sr", *sr)
+    assert third.parity.weights == "dequantized_int8" and third.notes == "A note."
     twice = _export(tmp_path / "c" / "sr", tmp_path / "d", "sr", *sr, "--dequantize")
-    assert twice.notes.count("dequantized weights of an INT8 export") == 1
+    assert twice.parity.weights == "dequantized_int8" and twice.notes == "A note."  # nothing repeated
     # --dequantize belongs to zoo folders; on a training run it is refused, not ignored
     assert (
         main(["export", str(runs["srgan"]), "--name", "x", "--out", str(tmp_path / "e"), "--dequantize"]) == 1

@@ -10,7 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, CardError, ModelCard
+from models.card import (
+    IMAGE_INPUT,
+    LABEL_INPUT,
+    OUTPUT,
+    Z_INPUT,
+    BarCriterion,
+    CardError,
+    ModelCard,
+    QualityBar,
+)
 from training import export as ex
 from training import int8_graph
 from training.data.catalog import UNKNOWN_LICENSE, provenance
@@ -115,7 +124,11 @@ def test_export_translate_model_writes_a_valid_card_and_dynamic_onnx(tmp_path: P
     assert card.macs_256 == count_macs(net, torch.zeros(1, 3, 256, 256))
     assert card.parameters == sum(p.numel() for p in net.parameters())
     assert card.training.recipe_config["onnx_exporter"] == "torchscript"
-    assert "parity" in card.notes
+    assert card.parity.exporter == "torchscript" and card.parity.weights == "trained" and card.notes == ""
+    assert [(c.batch, c.size) for c in card.parity.cases] == ex.parity_shapes(TRANSLATE)
+    assert [c.max_abs_err for c in card.parity.cases] == [r.max_abs_err for r in res.parity]
+    assert card.parity.max_abs_err() <= card.parity.tolerance == ex.ExportOptions().atol
+    assert card.int8_gate is None and card.quality_bar is None
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.onnx", "samples.png"]
     assert (folder / "samples.png").stat().st_size <= ex.GRID_MAX_BYTES
     assert not list(tmp_path.glob(".tiny-translate*")), "temporary folders must not be left behind"
@@ -190,19 +203,41 @@ def test_int8_is_kept_only_within_the_metric_threshold(tmp_path: Path) -> None:
         out = ex.ort_session(path).run([OUTPUT], calib[0])[0]
         return float(np.abs(out - reference).mean()) + 1e-3
 
+    metrics = [{"name": "err", "value": 0.5, "split": "test", "protocol": "p", "command": "c"}]
     kept = ex.export_net(
-        net, TRANSLATE, name="q", out_root=tmp_path, training=TRAINING, calibration=calib,
-        int8_metric=error_vs_torch, options=ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=1e9),
+        net, TRANSLATE, name="q", out_root=tmp_path, training=TRAINING, calibration=calib, metrics=metrics,
+        headline="err", int8_metric=error_vs_torch, command="transfigure export run --int8",
+        options=ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=1e9),
     )  # fmt: skip
-    assert kept.card.precision == "int8" and kept.int8["kept"]
-    assert {"int8_headline_fp32", "int8_headline_int8"} <= {m.name for m in kept.card.metrics}
-    assert "INT8" in kept.card.notes and kept.int8["speedup"] > 0
+    gate = ModelCard.load(tmp_path / "q").int8_gate  # what the card on disk says
+    assert kept.card.precision == "int8" and gate == kept.int8 and gate.shipped == "int8"
+    assert gate.metric == "err" and not gate.higher_is_better and gate.threshold == 1e9
+    ex.export_onnx(net, TRANSLATE, tmp_path / "fp32.onnx", prefer_dynamo=False)
+    assert gate.fp32 == pytest.approx(error_vs_torch(tmp_path / "fp32.onnx"))
+    assert gate.int8 == pytest.approx(error_vs_torch(tmp_path / "q" / "model.onnx"))  # the shipped file
+    assert gate.speedup > 0 and gate.calibration_inputs == 4 and gate.command.endswith("--int8")
+    assert [m.name for m in kept.card.metrics] == ["err"]  # the gate's figures are not metrics
+    assert kept.card.shipped_headline()[0].value == gate.int8 and kept.card.notes == ""
     refused = ex.export_net(
         net, TRANSLATE, name="q", out_root=tmp_path, training=TRAINING, calibration=calib,
         int8_metric=error_vs_torch, options=ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=0.0),
     )  # fmt: skip
-    assert refused.card.precision == "fp32" and not refused.int8["kept"]
-    assert refused.int8["relative_loss"] > 0
+    assert refused.card.precision == "fp32" and refused.int8.shipped == "fp32"
+    assert refused.int8.relative_loss > 0 and refused.int8.metric == "headline"
+
+
+def test_quality_bar_is_recorded_and_checked(tmp_path: Path) -> None:
+    bar = QualityBar.of([BarCriterion.judge("FID <= 75", "fid", 70.5, "<=", 75.0)])
+    res = ex.export_net(
+        TinyTranslator().eval(), TRANSLATE, name="b", out_root=tmp_path, training=TRAINING, quality_bar=bar,
+        weights="dequantized_int8", options=ex.ExportOptions(prefer_dynamo=False),
+    )  # fmt: skip
+    card = ModelCard.load(tmp_path / "b")
+    assert card.quality_bar == bar and card.quality_bar.met and card.parity.weights == "dequantized_int8"
+    assert res.card == card
+    with pytest.raises(ex.ExportError, match="--quality-bar is not a valid quality-bar verdict"):
+        ex.quality_bar_from_json('{"description": "x", "criteria": [], "met": true}')
+    assert ex.quality_bar_from_json(bar.model_dump_json()) == bar
 
 
 def _onnx_of(net: nn.Module, path: Path, channels: int = 3) -> Path:

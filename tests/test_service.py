@@ -368,6 +368,11 @@ def test_models_lists_cards_and_unavailable(http: httpx.Client) -> None:
     names = ["guided"] * HAS_TORCH + ["tiny-free", "tiny-sample", "tiny-translate", "tiny-upscale"]
     assert [m["name"] for m in listing["models"]] == names
     assert all(m["available"] for m in listing["models"])
+    by_name = {m["name"]: m for m in listing["models"]}
+    assert by_name["tiny-translate"]["schema_version"] == 2 and by_name["tiny-translate"]["parity"] is None
+    if HAS_TORCH:  # an exported card: its typed export records pass through as the card has them
+        assert by_name["guided"]["parity"]["exporter"] in {"dynamo", "torchscript"}
+        assert by_name["guided"]["parity"]["cases"] and by_name["guided"]["int8_gate"] is None
     assert "broken" in listing["unavailable"]
     assert str(Path.cwd()) not in json.dumps(listing["unavailable"])  # no server paths
     assert http.post("/models", json={}).json() == listing

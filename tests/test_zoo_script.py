@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training import zoo
+import pytest
+
+from training import export, zoo
 
 
 def _eval_json(tmp_path: Path, metrics: dict[str, float], net: str = "G") -> Path:
@@ -22,42 +24,53 @@ def _eval_json(tmp_path: Path, metrics: dict[str, float], net: str = "G") -> Pat
 def test_psnr_bar_met_and_missed(tmp_path) -> None:
     check = zoo._bar_psnr(30.5)
     met = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.61, "psnr_y_bicubic_x4": 28.4}), "G")
-    assert met.startswith("Quality bar MET") and "30.61 dB" in met
+    [crit] = met.criteria
+    assert met.met and (crit.metric, crit.value, crit.limit) == ("psnr_y_x4", 30.61, 30.5)
+    assert crit.context == {"psnr_y_bicubic_x4": 28.4}
     missed = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.2, "psnr_y_bicubic_x4": 28.4}), "G")
-    assert "MISSED" in missed and "30.20 dB" in missed
+    assert not missed.met and missed.criteria[0].value == 30.2
+    unmeasured = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_bicubic_x4": 28.4}), "G")
+    assert not unmeasured.met and unmeasured.criteria[0].value is None
 
 
 def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) -> None:
     check = zoo._bar_fid("A2B", below_identity=0.0, judge_share=0.6)
     good = {"fid_A2B": 70.0, "fid_identity_A2B": 79.0, "judge_target_share_A2B": 0.65}
-    assert "MET" in zoo.bar_verdict(check, _eval_json(tmp_path, good, "G_AB"), "G_AB")
+    verdict = zoo.bar_verdict(check, _eval_json(tmp_path, good, "G_AB"), "G_AB")
+    assert verdict.met and [c.metric for c in verdict.criteria] == ["fid_A2B", "judge_target_share_A2B"]
     low_judge = {**good, "judge_target_share_A2B": 0.4}
-    assert "MISSED" in zoo.bar_verdict(check, _eval_json(tmp_path, low_judge, "G_AB"), "G_AB")
+    verdict = zoo.bar_verdict(check, _eval_json(tmp_path, low_judge, "G_AB"), "G_AB")
+    assert not verdict.met and [c.met for c in verdict.criteria] == [True, False]
     # the other net's fid_A2B (1.0) must not be read in place of this one's
     worse_fid = {**good, "fid_A2B": 85.0}
     verdict = zoo.bar_verdict(check, _eval_json(tmp_path, worse_fid, "G_AB"), "G_AB")
-    assert "MISSED" in verdict and "85.0" in verdict
+    assert not verdict.met and verdict.criteria[0].value == 85.0
     ratio = zoo._bar_fid("x", max_identity_ratio=1.10, judge_share=0.65)
-    ok, text = ratio({"fid_x": 86.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7})
-    assert ok and "identity baseline (86.9)" in text and "(1.09 x)" in text
-    assert not ratio({"fid_x": 87.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7})[0]  # 1.101 x
-    assert not ratio({"fid_x": 80.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.6})[0]  # judge
+    ok = ratio({"fid_x": 86.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7})
+    assert ok.met and ok.criteria[0].limit == pytest.approx(86.9)
+    assert ok.criteria[0].context == {"fid_identity_x": 79.0}
+    assert not ratio({"fid_x": 87.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7}).met  # 1.101 x
+    assert not ratio({"fid_x": 80.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.6}).met  # judge
     monet = zoo._bar_fid("x", below_identity=0.15)
-    assert not monet({"fid_x": 120.0, "fid_identity_x": 135.0})[0]  # 11 % below: not enough
-    assert monet({"fid_x": 110.0, "fid_identity_x": 135.0})[0]
+    assert not monet({"fid_x": 120.0, "fid_identity_x": 135.0}).met  # 11 % below: not enough
+    assert monet({"fid_x": 110.0, "fid_identity_x": 135.0}).met
+    assert not monet({"fid_x": 110.0}).met  # no identity baseline: no limit to meet
 
 
 def test_cgan_bar_is_per_class(tmp_path) -> None:
     m = {"judge_accuracy_samples_cat": 0.95, "judge_accuracy_real_cat": 0.97,
          "judge_accuracy_samples_dog": 0.80, "judge_accuracy_real_dog": 0.96}  # fmt: skip
-    ok, text = zoo._bar_judge_per_class(m)
-    assert not ok and "worst class dog" in text
+    bar = zoo._bar_judge_per_class(m)
+    assert not bar.met and "dog" in bar.criteria[0].metric
+    assert bar.criteria[0].value == pytest.approx(0.80 / 0.96)
     m["judge_accuracy_samples_dog"] = 0.90
-    assert zoo._bar_judge_per_class(m)[0]
+    assert zoo._bar_judge_per_class(m).met
     m.update(
         diversity_samples_cat=2.0, diversity_real_cat=4.0, diversity_samples_dog=3.0, diversity_real_dog=3.0
     )
-    assert "50%-100% of real" in zoo._bar_judge_per_class(m)[1]  # reported, not part of the bar
+    context = zoo._bar_judge_per_class(m).criteria[0].context  # reported, not part of the bar
+    assert context["diversity_samples_vs_real_min"] == 0.5 and context["diversity_samples_vs_real_max"] == 1.0
+    assert not zoo._bar_judge_per_class({}).met
 
 
 def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path) -> None:
@@ -65,13 +78,15 @@ def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path)
     assert set(jobs) == {"quickdraw_cgan", "sr_x4", "sr_x4_gan", "summer2winter", "winter2summer",
                          "photo2monet", "facades_label2photo"}  # fmt: skip
     job = jobs["sr_x4"]
-    assert "--notes" not in job.export_args()
+    assert "--quality-bar" not in job.export_args()
     eval_path = Path(job.export[job.export.index("--eval") + 1])
     eval_path.parent.mkdir(parents=True)
     eval_path.write_text(json.dumps({"metrics": [
         {"name": "psnr_y_x4", "value": 31.0, "split": "Set5", "protocol": "p", "command": "c", "net": "G"}]}))  # fmt: skip
     args = job.export_args()
-    assert args[-2] == "--notes" and "MET" in args[-1]
+    assert args[-2] == "--quality-bar" and "--notes" not in args
+    verdict = export.quality_bar_from_json(args[-1])  # what `transfigure export` reads
+    assert verdict.met and verdict.criteria[0].value == 31.0
 
 
 def test_dry_run_prints_every_command(capsys, tmp_path) -> None:

@@ -13,7 +13,8 @@ a newer quantiser, when its training run is gone: the net is rebuilt from the ca
    with the numbers if the max abs error exceeds ``atol`` (in output units);
 4. optional INT8 static quantisation (QDQ, calibrated on real training images) kept only when its
    headline metric on the test split loses at most ``--int8-max-loss`` (relative) against fp32;
-5. card (validated before anything is written), sample grid PNG; ``models/NAME/`` is built in a
+5. card (validated before anything is written) with the parity check, the INT8 gate and the quality
+   bar (``--quality-bar``) as typed records, sample grid PNG; ``models/NAME/`` is built in a
    temporary folder and renamed into place.
 """
 
@@ -32,7 +33,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,16 @@ from models.card import (
     LABEL_INPUT,
     OUTPUT,
     Z_INPUT,
+    Int8Gate,
     ModelCard,
+    QualityBar,
+    relative_loss,
     sha256_file,
 )
 
 GRID_FILE = "samples.png"
 GRID_MAX_BYTES = 300_000
+PARITY_COMPARED = "onnxruntime (CPU) vs torch (fp32, eval mode) on fresh random inputs"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -360,6 +365,9 @@ def card_dict(
     metrics: list[dict[str, Any]],
     headline: str | None,
     notes: str,
+    parity: dict[str, Any] | None = None,
+    int8_gate: dict[str, Any] | None = None,
+    quality_bar: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The card as a plain dict (validated by the caller through ModelCard)."""
     from training.macs import count_parameters
@@ -379,6 +387,9 @@ def card_dict(
         "training": training,
         "metrics": metrics,
         "headline_metric": headline,
+        "parity": parity,
+        "int8_gate": int8_gate,
+        "quality_bar": quality_bar,
         "notes": notes,
     }
     if spec.task in {"translate", "upscale"}:
@@ -476,7 +487,11 @@ class ExportResult:
     card: ModelCard
     exporter: str
     parity: list[ParityResult]
-    int8: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def int8(self) -> Int8Gate | None:
+        """The INT8 gate's record when INT8 was tried."""
+        return self.card.int8_gate
 
 
 def export_net(
@@ -495,17 +510,22 @@ def export_net(
     int8_higher_is_better: bool = False,
     notes: str = "",
     command: str | None = None,
+    quality_bar: QualityBar | dict[str, Any] | None = None,
+    weights: str = "trained",
 ) -> ExportResult:
     """Export one net (any nn.Module with ``spec``'s interface) into ``out_root/name``.
 
     ``training`` is the card's TrainingInfo (``recipe_config`` gets the exporter recorded);
     ``int8_metric(onnx_path) -> value`` measures the headline metric with an ONNX model on the test
-    split (used only with ``options.int8``).
+    split (used only with ``options.int8``). ``quality_bar`` is the verdict recorded on the card;
+    ``weights`` says where the net's weights came from (the card's ``parity.weights``).
     """
     if options.opset < 17:
         raise ExportError(f"opset {options.opset} is too old: use 17 or newer")
     metrics = list(metrics or [])
-    int8_info: dict[str, Any] = {}
+    int8_gate: dict[str, Any] | None = None
+    if isinstance(quality_bar, QualityBar):
+        quality_bar = quality_bar.model_dump(mode="json")
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
         exporter = export_onnx(net, spec, fp32, opset=options.opset, prefer_dynamo=options.prefer_dynamo)
@@ -513,7 +533,7 @@ def export_net(
         chosen, precision = fp32, "fp32"
         if options.int8:
             int8 = Path(tmp) / "model.int8.onnx"
-            chosen, precision, int8_info, extra = _try_int8(
+            chosen, precision, int8_gate = _try_int8(
                 fp32,
                 int8,
                 spec,
@@ -522,59 +542,54 @@ def export_net(
                 int8_higher_is_better,
                 options,
                 command or " ".join(sys.argv),
+                headline,
             )
-            metrics += extra
         training = dict(training)
         training["recipe_config"] = dict(training.get("recipe_config", {}), onnx_exporter=exporter)
-        parity_note = "parity vs torch (fp32, eval, EMA): " + "; ".join(r.describe() for r in parity)
-        note_parts = [notes, f"ONNX exporter: {exporter} (opset {options.opset}).", parity_note + "."]
-        if int8_info:
-            note_parts.append(int8_info["summary"])
+        parity_record = {
+            "compared": PARITY_COMPARED,
+            "weights": weights,
+            "exporter": exporter,
+            "tolerance": options.atol,
+            "cases": [
+                {"batch": r.batch, "size": list(r.size) if r.size else None, "max_abs_err": r.max_abs_err}
+                for r in parity
+            ],
+        }
         data = card_dict(
             name=name, spec=spec, net=net, sha256=sha256_file(chosen), opset=options.opset,
-            precision=precision, training=training, metrics=metrics, headline=headline,
-            notes=" ".join(p for p in note_parts if p),
+            precision=precision, training=training, metrics=metrics, headline=headline, notes=notes,
+            parity=parity_record, int8_gate=int8_gate, quality_bar=quality_bar,
         )  # fmt: skip
         card = ModelCard.from_dict(data, source=f"card for '{name}'")  # validated before writing anything
         files: dict[str, Path | bytes] = {card.onnx_file: chosen}
         if grid_rows:
             files[GRID_FILE] = grid_png(grid_rows)
         folder = write_model_folder(out_root, name, card, files)
-    return ExportResult(folder=folder, card=card, exporter=exporter, parity=parity, int8=int8_info)
+    return ExportResult(folder=folder, card=card, exporter=exporter, parity=parity)
 
 
-def _try_int8(fp32, int8, spec, calibration, metric, higher_is_better, options, command):
+def _try_int8(fp32, int8, spec, calibration, metric, higher_is_better, options, command, headline):
+    """Quantise, measure the headline metric on both files, time them; the chosen file, its
+    precision and the card's ``int8_gate`` record."""
     if metric is None:
         raise ExportError("--int8 needs a way to measure the headline metric on the test split")
     quantize_int8(fp32, int8, calibration)
     v32, v8 = float(metric(fp32)), float(metric(int8))
-    drop = (v32 - v8) if higher_is_better else (v8 - v32)  # > 0: int8 is worse
-    loss = drop / max(abs(v32), 1e-12)
-    feed = calibration[0]
-    t32, t8 = time_sessions([fp32, int8], feed)
-    keep = loss <= options.int8_max_loss
-    info = {
-        "metric_fp32": v32,
-        "metric_int8": v8,
-        "relative_loss": loss,
+    t32, t8 = time_sessions([fp32, int8], calibration[0])
+    gate = {
+        "metric": headline or "headline",
+        "higher_is_better": bool(higher_is_better),
+        "fp32": v32,
+        "int8": v8,
         "threshold": options.int8_max_loss,
         "speedup": t32 / max(t8, 1e-12),
-        "kept": keep,
+        "calibration_inputs": len(calibration),
+        "command": command,
     }
-    info["summary"] = (
-        f"INT8 (QDQ static, {len(calibration)} calibration inputs): headline metric fp32 {v32:.4g} -> "
-        f"int8 {v8:.4g} (relative loss {loss:+.2%}, threshold {options.int8_max_loss:.0%}), "
-        f"speed-up {info['speedup']:.2f}x on CPU; {'shipped int8' if keep else 'kept fp32'}."
-    )
-    extra = [
-        {"name": "int8_headline_fp32", "value": v32, "split": "test", "protocol": "headline metric, onnxruntime fp32",
-         "command": command},
-        {"name": "int8_headline_int8", "value": v8, "split": "test", "protocol": "headline metric, onnxruntime int8",
-         "command": command},
-    ]  # fmt: skip
-    if keep:
-        return int8, "int8", info, extra
-    return fp32, "fp32", info, extra
+    keep = relative_loss(v32, v8, higher_is_better) <= options.int8_max_loss
+    gate["shipped"] = "int8" if keep else "fp32"
+    return (int8, "int8", gate) if keep else (fp32, "fp32", gate)
 
 
 def config_dict(config) -> dict[str, Any]:
@@ -760,16 +775,18 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     net = loaded.generators[net_name].float().eval()
 
     metrics, headline, notes = [], None, [args.notes] if getattr(args, "notes", "") else []
+    quality_bar = quality_bar_from_json(getattr(args, "quality_bar", None))
     if card is not None and not args.eval:  # re-export of a zoo model: its measured metrics still hold
+        # (schema 1 cards kept the INT8 gate's two measurements as metrics; the gate is measured anew)
         metrics = [m.model_dump(mode="json") for m in card.metrics if not m.name.startswith("int8_headline")]
         headline = card.headline_metric
-        notes = notes or [card.notes.split(" ONNX exporter:")[0].strip()]
-    dequantized_note = (
-        "Re-exported from the dequantized weights of an INT8 export (the fp32 file was not kept): "
-        "'fp32' below means those INT8-rounded weights computed in fp32."
+        notes = notes or ([card.notes] if card.notes else [])
+        quality_bar = quality_bar or card.quality_bar  # judged on those same metrics
+    # weights rebuilt from an INT8 file keep their rounding, also through later re-exports
+    dequantized = card is not None and (
+        bool(getattr(args, "dequantize", False))
+        or (card.parity is not None and card.parity.weights == "dequantized_int8")
     )
-    if card is not None and getattr(args, "dequantize", False) and dequantized_note not in " ".join(notes):
-        notes.append(dequantized_note)  # once, also when a re-exported card is re-exported again
     if args.eval:
         report = json.loads(Path(args.eval).read_text(encoding="utf-8"))
         metrics, headline = metrics_from_eval(report, net_name)
@@ -794,8 +811,19 @@ def export_run(args: argparse.Namespace) -> ExportResult:
         else training_info(loaded, spec, net_name),
         metrics=metrics, headline=headline, grid_rows=rows, options=options, calibration=calibration,
         int8_metric=metric_fn if args.int8 else None, int8_higher_is_better=higher_better, notes=" ".join(notes),
-        command=command_line(args, "export"),
+        command=command_line(args, "export"), quality_bar=quality_bar,
+        weights="dequantized_int8" if dequantized else "trained",
     )  # fmt: skip
+
+
+def quality_bar_from_json(text: str | None) -> QualityBar | None:
+    """``--quality-bar``: the verdict as JSON (a QualityBar), checked before anything is exported."""
+    if not text:
+        return None
+    try:
+        return QualityBar.model_validate_json(text)
+    except ValueError as e:
+        raise ExportError(f"--quality-bar is not a valid quality-bar verdict: {e}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -827,8 +855,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--judge", default=None, help="sample models with --int8: classifier run to measure accuracy"
     )
+    parser.add_argument("--notes", default="", help="free text for the card's notes (read by people only)")
     parser.add_argument(
-        "--notes", default="", help="text for the card's notes (e.g. whether the model meets its quality bar)"
+        "--quality-bar",
+        default=None,
+        help="the model's quality-bar verdict as JSON (models.card.QualityBar; python -m training.zoo "
+        "writes it), recorded in the card's quality_bar",
     )
     parser.add_argument("--opset", type=int, default=ExportOptions.opset, help="ONNX opset (>= 17)")
     parser.add_argument(
@@ -860,5 +892,7 @@ def run(args: argparse.Namespace) -> int:
     for r in res.parity:
         print(f"  parity {r.describe()}")
     if res.int8:
-        print("  " + res.int8["summary"])
+        print("  " + res.int8.summary())
+    if res.card.quality_bar:
+        print("  " + res.card.quality_bar.summary())
     return 0

@@ -36,17 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models import zoo_dir
+from models.card import BarCriterion, QualityBar
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# -- the quality bars, checked on the eval JSON; the verdict goes into the card's notes --
+# -- the quality bars, checked on the eval JSON; the verdict goes into the card's quality_bar --
 Metrics = dict[str, float]
-BarCheck = Callable[[Metrics], tuple[bool, str]]
+BarCheck = Callable[[Metrics], QualityBar]
+_NAN = float("nan")
 
 
-def _bar_judge_per_class(m: Metrics) -> tuple[bool, str]:
+def _bar_judge_per_class(m: Metrics) -> QualityBar:
     """cGAN: judge accuracy on samples >= 90 % of its accuracy on real test drawings, every class."""
+    requirement = "judge accuracy on samples >= 90 % of its accuracy on real test drawings in every class"
     prefix = "judge_accuracy_samples_"
     rows = []
     for key, acc in sorted(m.items()):
@@ -54,26 +57,25 @@ def _bar_judge_per_class(m: Metrics) -> tuple[bool, str]:
             cls = key[len(prefix) :]
             rows.append((acc / m[f"judge_accuracy_real_{cls}"], cls, acc, m[f"judge_accuracy_real_{cls}"]))
     if not rows:
-        return False, "no per-class judge accuracies in the evaluation"
+        missing = BarCriterion.judge(requirement, "per-class judge accuracies", None, ">=", 0.9)
+        return QualityBar.of([missing])
     ratio, cls, acc, real = min(rows)
     # not part of the bar, but a collapsed generator can pass it: say how varied the samples are
     div = [m[f"diversity_samples_{c}"] / m[f"diversity_real_{c}"] for _, c, _, _ in rows
            if m.get(f"diversity_real_{c}") and f"diversity_samples_{c}" in m]  # fmt: skip
-    spread = (
-        f"; within-class diversity of samples (judge features) {min(div):.0%}-{max(div):.0%} of real drawings"
-        if div
-        else ""
-    )
-    return ratio >= 0.9, (
-        f"judge accuracy on samples >= 90 % of its accuracy on real test drawings in every class; "
-        f"worst class {cls}: {acc:.3f} vs {real:.3f} real ({ratio:.1%}){spread}"
-    )
+    context = {f"judge_accuracy_samples_{cls}": acc, f"judge_accuracy_real_{cls}": real}
+    if div:
+        context |= {"diversity_samples_vs_real_min": min(div), "diversity_samples_vs_real_max": max(div)}
+    worst = f"judge_accuracy_samples_{cls} / judge_accuracy_real_{cls} (worst class)"
+    return QualityBar.of([BarCriterion.judge(requirement, worst, ratio, ">=", 0.9, context)])
 
 
 def _bar_psnr(minimum: float) -> BarCheck:
-    def check(m: Metrics) -> tuple[bool, str]:
-        psnr, bic = m.get("psnr_y_x4", float("nan")), m.get("psnr_y_bicubic_x4", float("nan"))
-        return psnr >= minimum, f"Set5 x4 Y-PSNR >= {minimum} dB; measured {psnr:.2f} dB (bicubic {bic:.2f})"
+    def check(m: Metrics) -> QualityBar:
+        return QualityBar.of([BarCriterion.judge(
+            f"Set5 x4 Y-PSNR >= {minimum} dB", "psnr_y_x4", m.get("psnr_y_x4"), ">=", minimum,
+            {"psnr_y_bicubic_x4": m.get("psnr_y_bicubic_x4")},
+        )])  # fmt: skip
 
     return check
 
@@ -82,16 +84,14 @@ def _bar_sharper_than(reference_eval: Path, factor: float = 1.25) -> BarCheck:
     """SR GAN phase: "visibly sharper" than the PSNR model, made measurable as the high-frequency
     energy ratio (``sharpness_y_x4``, 1 = as detailed as HR) at least ``factor`` x the reference's."""
 
-    def check(m: Metrics) -> tuple[bool, str]:
+    def check(m: Metrics) -> QualityBar:
         ref = json.loads(reference_eval.read_text(encoding="utf-8")) if reference_eval.is_file() else {}
         ref_sharp = next((x["value"] for x in ref.get("metrics", []) if x["name"] == "sharpness_y_x4"), None)
-        sharp, psnr = m.get("sharpness_y_x4", float("nan")), m.get("psnr_y_x4", float("nan"))
-        if ref_sharp is None:
-            return False, f"no sharpness figure of the PSNR model in {reference_eval}"
-        return sharp >= factor * ref_sharp, (
-            f"sharper than the PSNR model (Set5 high-frequency energy ratio >= {factor} x its "
-            f"{ref_sharp:.3f}); measured {sharp:.3f} (HR = 1), Y-PSNR {psnr:.2f} dB"
-        )
+        return QualityBar.of([BarCriterion.judge(
+            f"sharper than the PSNR model: Set5 high-frequency energy ratio (HR = 1) >= {factor} x its",
+            "sharpness_y_x4", m.get("sharpness_y_x4"), ">=", None if ref_sharp is None else factor * ref_sharp,
+            {"sharpness_y_x4 of the PSNR model": ref_sharp, "psnr_y_x4": m.get("psnr_y_x4")},
+        )])  # fmt: skip
 
     return check
 
@@ -102,43 +102,41 @@ def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | Non
     or at most ``max_identity_ratio`` x the identity FID, and the domain judge's target share at
     least ``judge_share``."""
 
-    def check(m: Metrics) -> tuple[bool, str]:
-        fid, ident = m.get(f"fid_{tag}", float("nan")), m.get(f"fid_identity_{tag}", float("nan"))
-        parts, ok = [], True
+    def check(m: Metrics) -> QualityBar:
+        fid_name, ident_name = f"fid_{tag}", f"fid_identity_{tag}"
+        fid, ident = m.get(fid_name), m.get(ident_name, _NAN)
+        identity = {ident_name: ident}
+        criteria = []
         if max_fid is not None:
-            ok &= fid <= max_fid
-            parts.append(f"FID <= {max_fid:g}; measured {fid:.1f} (identity {ident:.1f})")
+            criteria.append(BarCriterion.judge(f"FID <= {max_fid:g}", fid_name, fid, "<=", max_fid, identity))
         if below_identity is not None:
-            limit = ident * (1 - below_identity)
-            ok &= fid <= limit
             want = f"{below_identity:.0%} below" if below_identity else "below"
-            parts.append(f"FID {want} the identity baseline ({limit:.1f}); measured {fid:.1f}")
+            criteria.append(BarCriterion.judge(
+                f"FID {want} the identity baseline", fid_name, fid, "<=", ident * (1 - below_identity), identity
+            ))  # fmt: skip
         if max_identity_ratio is not None:
-            limit = ident * max_identity_ratio
-            ok &= fid <= limit
-            parts.append(
-                f"FID <= {max_identity_ratio:g} x the identity baseline ({limit:.1f}); measured {fid:.1f} "
-                f"({fid / ident:.2f} x)"
-            )
+            criteria.append(BarCriterion.judge(
+                f"FID <= {max_identity_ratio:g} x the identity baseline", fid_name, fid, "<=",
+                ident * max_identity_ratio, identity,
+            ))  # fmt: skip
         if judge_share is not None:
-            share = m.get(f"judge_target_share_{tag}", float("nan"))
-            ok &= share >= judge_share
-            parts.append(
-                f"domain judge calls >= {judge_share:.0%} of outputs the target; measured {share:.1%} "
-                f"(untranslated {m.get(f'judge_target_share_identity_{tag}', float('nan')):.1%}, "
-                f"real targets {m.get(f'judge_accuracy_real_target_{tag}', float('nan')):.1%})"
-            )
-        return bool(ok), "; ".join(parts)
+            share = f"judge_target_share_{tag}"
+            criteria.append(BarCriterion.judge(
+                f"domain judge calls >= {judge_share:.0%} of outputs the target", share, m.get(share), ">=",
+                judge_share,
+                {f"judge_target_share_identity_{tag}": m.get(f"judge_target_share_identity_{tag}"),
+                 f"judge_accuracy_real_target_{tag}": m.get(f"judge_accuracy_real_target_{tag}")},
+            ))  # fmt: skip
+        return QualityBar.of(criteria)
 
     return check
 
 
-def bar_verdict(check: BarCheck, eval_json: Path, net: str | None) -> str:
-    """One sentence for the card: the bar, the measured figures, met or missed."""
+def bar_verdict(check: BarCheck, eval_json: Path, net: str | None) -> QualityBar:
+    """The card's ``quality_bar``: the bar checked on ``net``'s figures in an evaluation report."""
     report = json.loads(eval_json.read_text(encoding="utf-8"))
     metrics = {m["name"]: float(m["value"]) for m in report.get("metrics", []) if m.get("net") in (None, net)}
-    ok, text = check(metrics)
-    return f"Quality bar {'MET' if ok else 'MISSED'}: {text}."
+    return check(metrics)
 
 
 def write_sr_comparison(models: Path, hr_dir: Path, names: tuple[str, ...] = ("sr_x4", "sr_x4_gan"),
@@ -225,7 +223,7 @@ class Job:
     evaluate_exported: bool = False
 
     def export_args(self, with_eval: bool = True) -> list[str]:
-        """``export`` args plus ``--notes`` with the bar verdict when the evaluation exists
+        """``export`` args plus ``--quality-bar`` with the bar verdict when the evaluation exists
         (``with_eval=False``: without ``--eval``, the first export of an ``evaluate_exported`` job)."""
         args = list(self.export)
         if not with_eval and "--eval" in args:
@@ -236,7 +234,7 @@ class Job:
         eval_json = Path(args[args.index("--eval") + 1])
         net = args[args.index("--net") + 1] if "--net" in args else "G"
         if eval_json.is_file():
-            args += ["--notes", bar_verdict(self.bar, eval_json, net)]
+            args += ["--quality-bar", bar_verdict(self.bar, eval_json, net).model_dump_json()]
         return args
 
 

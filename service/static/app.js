@@ -189,7 +189,10 @@
   function headline(card) {
     const m = (card.metrics || []).find((x) => x.name === card.headline_metric) || (card.metrics || [])[0];
     if (!m) return "no measured metric on its card";
-    const value = Math.abs(m.value) >= 100 ? m.value.toFixed(1) : Number(m.value.toPrecision(4));
+    // as shipped: an INT8 model shows its INT8 file's measurement when the card's gate has it
+    const gate = card.int8_gate;
+    const shipped = card.precision === "int8" && gate && gate.metric === m.name ? gate.int8 : m.value;
+    const value = Math.abs(shipped) >= 100 ? shipped.toFixed(1) : Number(shipped.toPrecision(4));
     return `${m.name} ${value} (${m.split})`;
   }
 
