@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+RETRY_AFTER_S = 1  # the Retry-After of the service's "too busy" answers (429, 503)
+
 
 class ServerBusy(RuntimeError):
     """The worker holds as many pixels as it may; the message says so and to retry (HTTP 503)."""

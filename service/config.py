@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         description="`1`: refuse to start if any model's card/file/sha256 is bad (the message names the file); "
         "`0`: start without it and list it under `unavailable` in `/models`",
     )
+    unpinned_bentoml: bool = Field(
+        default=False,
+        description="`1`: apply the service's BentoML patches on a BentoML other than the pinned version "
+        "(with a warning) instead of refusing to start",
+    )
     workers: int = Field(default=1, ge=1, description="BentoML worker processes (each loads every model)")
     threads: int | None = Field(
         default=None,

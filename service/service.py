@@ -55,8 +55,8 @@ from pydantic import AfterValidator
 from starlette.responses import JSONResponse, Response
 
 from models.card import CardError
-from service import imaging
-from service.admission import PixelBudget, ServerBusy
+from service import bentoml_patches, imaging
+from service.admission import RETRY_AFTER_S, PixelBudget, ServerBusy
 from service.config import get_settings
 from service.demo import DemoMiddleware
 from service.middleware import GuardMiddleware
@@ -66,14 +66,21 @@ from service.zoo import (
     ModelNotFound,
     WrongTask,
     Zoo,
-    check_cards,
+    preflight,
     resolved_threads,
 )
+
+bentoml_patches.apply()
 
 log = logging.getLogger("bentoml.transfigure")
 T = TypeVar("T")
 
 CONFIG = get_settings()  # read once, at import: a bad value stops the service before it serves
+if CONFIG.strict and not bentoml_patches.in_worker():
+    # Refuse to start on a bad card or file, naming it, before BentoML spawns workers (a worker
+    # failing in __init__ is restarted forever). Workers skip it: the serving process checked.
+    preflight(CONFIG.models_dir, CONFIG.models)
+
 ImageFile = Annotated[Path, ContentType("image/*")]
 MAX_NAME_CHARS = 256  # model and label names longer than this are refused without being echoed
 # A translate input larger than this runs alone on every ORT thread (InferenceSlots, exclusive): its
@@ -86,8 +93,8 @@ PROCESSED_SIZE_HEADER = "X-Transfigure-Processed-Size"
 def _sample_rows(rows: Any) -> np.ndarray:
     """Check /sample_batch rows while parsing, before BentoML's batcher concatenates requests.
 
-    A scalar or a row of another width reaching the batcher made it fail (500) for every request
-    batched with it, the server's own /sample hops included (found by tests/test_fuzz.py).
+    A scalar or a row of another width reaching the batcher would fail (500) every request batched
+    with it, the server's own /sample hops included.
     """
     try:
         arr = np.asarray(rows, dtype=np.float32)
@@ -103,234 +110,6 @@ def _sample_rows(rows: Any) -> np.ndarray:
 
 SampleRows = Annotated[np.ndarray, AfterValidator(_sample_rows)]
 _CURRENT: dict[str, Transfigure] = {}  # the service instance of this worker, for the middleware
-
-
-def _refuse_url_uploads() -> None:
-    """Make BentoML's multipart parser refuse a text value in a file field instead of fetching it.
-
-    BentoML 1.4 downloads a URL sent in place of a file (``MultipartSerde.ensure_file``): a
-    server-side request forgery hole for a public image endpoint. We accept uploads only.
-    """
-    from _bentoml_impl import serde
-    from starlette.datastructures import UploadFile
-
-    async def ensure_file(obj: Any) -> UploadFile:
-        if isinstance(obj, UploadFile):
-            return obj
-        raise BadInput(
-            "image fields take a file upload (multipart/form-data); URLs and text are not accepted"
-        )
-
-    serde.MultipartSerde.ensure_file = staticmethod(ensure_file)
-
-
-_refuse_url_uploads()
-
-
-def _malformed_multipart_is_400() -> None:
-    """Answer a malformed multipart body with 400, not BentoML's 500 (found by tests/test_fuzz.py).
-
-    BentoML 1.4 lets the multipart parser's errors (a bad part header, a missing boundary, too many
-    parts) escape as unexpected exceptions; they are the client's mistake. A field sent twice (two
-    files for ``image``) is refused too, rather than silently using the first.
-    """
-    from _bentoml_impl import serde
-    from python_multipart.exceptions import FormParserError
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException
-
-    parse_request = serde.MultipartSerde.parse_request
-
-    async def guarded_parse_request(self: Any, request: Any, cls: Any) -> Any:
-        try:
-            form = await request.form()  # starlette caches it: parse_request below reuses it
-        except (FormParserError, MultiPartException, HTTPException) as e:
-            raise BadInput(
-                f"the multipart/form-data body is malformed ({getattr(e, 'detail', e)}); send the "
-                "image as a file field (e.g. curl -F image=@photo.jpg)"
-            ) from None
-        for key in form:
-            values = form.getlist(key)
-            if len(values) > 1:
-                raise BadInput(f"field '{key[:64]}' was sent {len(values)} times; send it once")
-            if isinstance(values[0], UploadFile) and values[0].filename:
-                # BentoML names its temporary file after the client's file name: a 300-character
-                # name fails the OS's limit (500). Only the extension means anything here.
-                suffix = Path(values[0].filename).suffix
-                values[0].filename = "upload" + (suffix if suffix[1:].isalnum() and len(suffix) <= 10 else "")
-        return await parse_request(self, request, cls)
-
-    serde.MultipartSerde.parse_request = guarded_parse_request
-
-
-_malformed_multipart_is_400()
-
-
-def openapi_3_0(node: Any) -> Any:
-    """BentoML 1.4's ``/docs.json`` made a valid OpenAPI 3.0 document (clients and fuzzers reject it).
-
-    Its component schemas use JSON-Schema-isms that OpenAPI 3.0 does not have: ``type: file``
-    (-> ``string``/``binary``), ``type: tensor`` (-> nested arrays of numbers) and Optional fields as
-    ``anyOf: [X, {type: null}]`` (-> X with ``nullable: true``). BentoML's own client reads
-    ``/schema.json``, which is left alone.
-    """
-    if isinstance(node, list):
-        return [openapi_3_0(v) for v in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: openapi_3_0(v) for k, v in node.items()}
-    kind = out.get("type")
-    if kind == "file":
-        out.pop("pil", None)
-        out.update(type="string", format="binary")
-    elif kind == "tensor":
-        shape = out.get("shape")
-        child: dict[str, Any] = {"type": "number"}
-        for _ in range(len(shape) if isinstance(shape, list) and shape else 1):
-            child = {"type": "array", "items": child}
-        for key in ("format", "dtype", "shape", "dim"):
-            out.pop(key, None)
-        out.update(child)
-    for key in ("anyOf", "oneOf"):
-        options = out.get(key)
-        if isinstance(options, list) and {"type": "null"} in options:
-            rest = [o for o in options if o != {"type": "null"}]
-            del out[key]
-            if len(rest) == 1 and isinstance(rest[0], dict):
-                out.update(rest[0])
-            elif rest:
-                out[key] = rest
-            out["nullable"] = True
-    return out
-
-
-def _serve_valid_openapi() -> None:
-    """Serve ``openapi_3_0`` of BentoML's document at ``/docs.json``."""
-    from _bentoml_impl.server.app import ServiceAppFactory
-
-    async def openapi_spec_view(self: Any, req: Any) -> Response:
-        try:
-            return JSONResponse(openapi_3_0(self.service.openapi_spec.asdict()))
-        except Exception:
-            log.exception("could not generate the OpenAPI document")
-            return JSONResponse({"error": "could not generate the OpenAPI document"}, status_code=500)
-
-    ServiceAppFactory.openapi_spec_view = openapi_spec_view
-
-
-_serve_valid_openapi()
-
-OVERLOAD_RETRY_AFTER_S = 1
-
-
-def _overload_answer_says_when_to_retry() -> None:
-    """BentoML's answer beyond ``traffic.max_concurrency`` (429) gets a Retry-After and a message.
-
-    Its ``MaxConcurrencyMiddleware`` runs outside ours, so the answer is changed there. A client
-    (or a load balancer) that honours Retry-After backs off instead of hammering a full server.
-    /sample's own hop to /sample_batch is not counted: the /sample request already holds a slot,
-    and refusing its hop turned an accepted request into a 500 (found by tests/test_load.py).
-    """
-    from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
-
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if (
-            scope["type"] not in ("http", "websocket")
-            or scope["path"] in self.skip_paths
-            or scope["path"] == "/sample_batch"
-        ):
-            return await self.app(scope, receive, send)
-        if self._semaphore.locked():
-            answer = JSONResponse(
-                {
-                    "error": "the server is at its limit of requests in flight "
-                    f"(TRANSFIGURE_MAX_CONCURRENCY); retry after {OVERLOAD_RETRY_AFTER_S} s"
-                },
-                status_code=429,
-                headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)},
-            )
-            return await answer(scope, receive, send)
-        async with self._semaphore:
-            await self.app(scope, receive, send)
-
-    MaxConcurrencyMiddleware.__call__ = __call__
-
-
-_overload_answer_says_when_to_retry()
-
-
-def _request_timer_is_cancelled() -> None:
-    """Stop BentoML's request timeout from keeping every finished request in memory for its length.
-
-    BentoML 1.4.39's ``TimeoutMiddleware`` (``traffic.timeout``) schedules
-    ``loop.call_later(timeout, ...)`` per request and never cancels it. The timer handle keeps a
-    copy of the request's contextvars, and with it the request's OpenTelemetry server span
-    (BentoML's sampler records every span, even at ``tracing.sample_rate: 0``), so each answered
-    request stayed in memory until its timer fired, ``TRANSFIGURE_TIMEOUT`` seconds later: ~5 kB
-    per /livez, ~10 kB per API request, i.e. rate x timeout x that (measured: +46 MiB at ~75 req/s
-    and 60 s), which short measurements took for an unbounded leak. ``OTEL_SDK_DISABLED=true``
-    only shrinks it to ~0.9 kB per request (the handle and its context remain).
-    BentoML's code below with two changes: the timer runs in an empty context and is cancelled
-    once the request is done (docs/RELIABILITY.md, "Load"; tests/test_load.py checks both).
-    """
-    import asyncio
-    import contextvars
-
-    from bentoml._internal.server.http.traffic import TimeoutMiddleware
-
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            return await self.app(scope, receive, send)
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        # change 1 of 2: an empty context, so even a pending timer holds nothing of the request
-        timer = loop.call_later(self.timeout, self._set_timer_out, waiter, context=contextvars.Context())
-
-        async def _send(message: Any) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-            await send(message)
-
-        fut = asyncio.ensure_future(self.app(scope, receive, _send), loop=loop)
-        try:
-            await waiter
-        except asyncio.TimeoutError:
-            if fut.cancel():
-                answer = JSONResponse(
-                    {"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504
-                )
-                await answer(scope, receive, send)
-        else:
-            await fut
-        finally:
-            timer.cancel()  # change 2 of 2 (asyncio drops cancelled timers from its heap in bulk)
-
-    TimeoutMiddleware.__call__ = __call__
-
-
-_request_timer_is_cancelled()
-
-
-def _preflight() -> None:
-    """Refuse to start on a bad card or file, naming it, before BentoML spawns workers.
-
-    A worker that fails in ``__init__`` is restarted by BentoML's arbiter forever; failing at import
-    makes ``bentoml serve`` itself exit with the message. Cards and sha256 first (cheap), then every
-    model is opened once and run at its native size — a file whose hash matches its card but that
-    onnxruntime cannot load or run (a swapped graph re-hashed by hand) must stop the server here too.
-    Workers (BentoML sets their index before importing this module) skip it: the serving process
-    has checked before spawning them, and each worker opens its sessions in ``__init__`` anyway.
-    """
-    from bentoml._internal.context import server_context  # no public API says "am I a worker"
-
-    if not CONFIG.strict or server_context.worker_index is not None:
-        return
-    check_cards(CONFIG.models_dir, CONFIG.models, strict=True)
-    Zoo.load(CONFIG.models_dir, names=CONFIG.models, strict=True, threads=1, workers=1)
-
-
-_preflight()
 
 
 def effective_max_side(configured: int | None, requested: int | None) -> int | None:
@@ -384,9 +163,7 @@ def _busy(e: ServerBusy, ctx: bentoml.Context) -> Response:
     BentoML sets the status of an answer from ``ctx`` when the API takes one, so it is set there too.
     """
     ctx.response.status_code = 503
-    return JSONResponse(
-        {"error": str(e)}, status_code=503, headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)}
-    )
+    return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @bentoml.service(
@@ -714,12 +491,9 @@ def _models_json() -> Any:
     return instance.listing() if instance else {"error": "the service is still starting"}
 
 
-# -- demo page (service/demo.py) --------------------------------------------------------------------
-# Added FIRST so it wraps the guard: the page (/, /demo/, /docs) loads without the token; the API calls
-# it makes still pass the token check and the body limit below. Keep this call above the guard's.
+# The first middleware added runs outermost: the demo page (/, /demo/, /docs; service/demo.py) loads
+# without the token, and the API calls it makes still pass the guard's token check and body limit.
 Transfigure.add_asgi_middleware(DemoMiddleware)
-# -- end demo page ---------------------------------------------------------------------------------
-
 Transfigure.add_asgi_middleware(
     GuardMiddleware,
     max_body_bytes=CONFIG.max_body_bytes,

@@ -132,6 +132,16 @@ class InferenceSlots:
         self._waiting = 0
         self._exclusive_waiting = 0
 
+    @property
+    def running(self) -> int:
+        """Inferences holding a slot now."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Inferences waiting for a slot now (exclusive ones included)."""
+        return self._waiting
+
     def _may_start(self, exclusive: bool) -> bool:
         if self._wide:
             return False
@@ -393,3 +403,11 @@ class Zoo:
 
     def __contains__(self, name: object) -> bool:
         return name in self.models
+
+
+def preflight(root: Path | None = None, names: list[str] | None = None) -> None:
+    """Raise ``CardError`` naming the first bad card or file: cards and sha256 first (cheap), then
+    every model opened once and run at its native size (a file whose hash matches its card but that
+    onnxruntime cannot load or run must stop a server before it starts too)."""
+    check_cards(root, names, strict=True)
+    Zoo.load(root, names=names, strict=True, threads=1, workers=1)

@@ -292,6 +292,12 @@ def _requests() -> dict[str, tuple[str, dict[str, Any], int, str]]:
             "'image' was sent 2 times",
         ),
         "a 0-byte file part": ("/translate", {"content": empty_part, "headers": empty_headers}, 400, "empty"),
+        "a 300-character file name": (
+            "/translate",
+            {"files": {"image": ("x" * 300 + ".png", PNG)}, "data": fields},
+            200,
+            "",
+        ),
         "no image field": ("/translate", {"data": fields}, 400, "validation"),
         "a 20,000-character model name": (
             "/translate",

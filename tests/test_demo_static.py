@@ -6,14 +6,20 @@ Fast (no server, no Chromium); the page itself is driven in a real browser by te
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
+import yaml
 
 from service.demo import ASSETS, CSP, STATIC_DIR, DemoConfig, DemoMiddleware
 from service.middleware import GuardMiddleware
@@ -137,12 +143,55 @@ def test_a_missing_page_says_what_to_fix(tmp_path: Path) -> None:
     _run(go())
 
 
-def test_service_adds_the_demo_outside_the_guard() -> None:
-    """Starlette runs the first-added middleware outermost; the page must be outside the token check."""
-    source = (REPO / "service" / "service.py").read_text()
-    demo = source.index("add_asgi_middleware(DemoMiddleware")
-    guard = source.index("add_asgi_middleware(\n    GuardMiddleware")
-    assert demo < guard
+# The service's own app, built as `bentoml serve` builds it, with a token; requests go to it in-process
+# (no lifespan: no models are loaded, which the middleware does not need). In a child process: the
+# service reads its settings from the environment when imported.
+_APP_PROBE = """
+import asyncio, json, httpx
+from service.service import Transfigure
+
+app = Transfigure.to_asgi(is_main=True)
+
+async def main():
+    out = {"middleware": [m.cls.__name__ for m in app.user_middleware]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        for path in ("/", "/demo/", "/demo/app.js", "/models", "/docs", "/docs.json"):
+            out["GET " + path] = (await c.get(path)).status_code
+        out["POST /translate"] = (await c.post("/translate")).status_code
+        out["POST /demo/ (over the body limit)"] = (await c.post("/demo/", content=b"x" * 4096)).status_code
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_the_service_app_serves_the_page_outside_the_guard(tmp_path: Path) -> None:
+    """The page loads without the token; the API, /models and BentoML's pages still need it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSFIGURE_")}
+    env.update(
+        TRANSFIGURE_MODELS_DIR=str(tmp_path),  # no models: the middleware does not need any
+        TRANSFIGURE_API_TOKEN="s3cret",
+        TRANSFIGURE_MAX_BODY_BYTES="1000",
+        BENTOML_HOME=str(tmp_path / "bentoml_home"),
+        BENTOML_DO_NOT_TRACK="true",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _APP_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    order = out.pop("middleware")
+    assert order.index("DemoMiddleware") < order.index("GuardMiddleware")  # the first runs outermost
+    assert out == {
+        "GET /": 307,
+        "GET /demo/": 200,
+        "GET /demo/app.js": 200,
+        "GET /models": 401,
+        "GET /docs": 401,
+        "GET /docs.json": 401,
+        "POST /translate": 401,
+        "POST /demo/ (over the body limit)": 405,  # the page's answer, not the guard's 413
+    }
 
 
 # -- the files -----------------------------------------------------------------------------------
@@ -229,6 +278,10 @@ def test_the_script_parses() -> None:
 
 
 def test_the_page_is_packaged() -> None:
-    assert 'service = ["static/*"]' in (REPO / "pyproject.toml").read_text()
-    bento = (REPO / "bentofile.yaml").read_text()
-    assert '"service/static/*"' in bento and '"service/demo.py"' in bento
+    """Every served file is in the wheel (package data) and in the Bento (bentofile include)."""
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    include = yaml.safe_load((REPO / "bentofile.yaml").read_text())["include"]
+    for name in ASSETS:
+        assert any(fnmatch(f"static/{name}", p) for p in package_data["service"]), name
+        assert any(fnmatch(f"service/static/{name}", p) for p in include), name
+    assert "service/demo.py" in include

@@ -40,6 +40,7 @@ from service.middleware import GuardMiddleware
 from service.serve_cli import add_arguments
 from service.serve_cli import run as serve_run
 from service.zoo import Zoo
+from tests.server_utils import server_timing
 from tests.tiny_models import make_guided_model, make_model, make_zoo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,39 +120,16 @@ async def _token_and_open_paths() -> None:
         assert (await c.get("/models", headers={"Authorization": "Bearer s3cret"})).json() == {"models": []}
 
 
-def test_sample_batching_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TRANSFIGURE_SAMPLE_BATCHING=0: /sample never takes the batcher's hop, even with others in flight."""
-
+def test_sample_batching_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.config import load_settings
-    from service.service import Transfigure
 
     monkeypatch.setenv("TRANSFIGURE_SAMPLE_BATCHING", "0")
     assert load_settings().sample_batching is False
     monkeypatch.setenv("TRANSFIGURE_SAMPLE_BATCHING", "1")
-    on = load_settings()
-    assert on.sample_batching is True
+    assert load_settings().sample_batching is True
     monkeypatch.setenv("TRANSFIGURE_SAMPLE_BATCHING", "maybe")
     with pytest.raises(ValueError, match="TRANSFIGURE_SAMPLE_BATCHING"):
         load_settings()
-
-    class Hop:
-        calls = 0
-
-        async def sample_batch(self, rows):
-            Hop.calls += 1
-            return [base64.b64encode(r.astype(np.uint8).tobytes()).decode() for r in rows]
-
-    class Fake:  # the attributes _run_rows reads on the service instance inside a server
-        __self_proxy__ = object()
-        to_async = Hop()
-        _samples_in_flight = 3  # two other /sample requests are running
-        _sample_rows_sync = staticmethod(lambda rows: rows.astype(np.uint8) + 1)
-
-    rows = np.zeros((2, 4), np.float32)
-    for batching, hops, first in ((True, 1, 0), (False, 1, 1)):
-        Fake.config = on.model_copy(update={"sample_batching": batching})
-        out = asyncio.run(Transfigure.inner._run_rows(Fake(), rows))
-        assert Hop.calls == hops and int(out[0, 0]) == first
 
 
 def test_pixel_budget_admits_a_lone_request_and_refuses_past_the_limit() -> None:
@@ -401,10 +379,10 @@ def test_translate_options_and_alpha(http: httpx.Client) -> None:
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
     out = Image.open(io.BytesIO(r.content))
     assert out.mode == "RGBA" and np.asarray(out)[:, :, 3].min() < 10  # alpha carried through
-    # where the time went, as a W3C Server-Timing header: every stage, in order, non-negative ms
-    stages = [part.split(";dur=") for part in r.headers["server-timing"].split(", ")]
-    assert [name for name, _ in stages] == ["decode", "queue", "infer", "encode"]
-    assert all(float(ms) >= 0 for _, ms in stages)
+    # where the time went, as a W3C Server-Timing header: every stage, in order, in ms of this request
+    stages = server_timing(r.headers["server-timing"])
+    assert list(stages) == ["decode", "queue", "infer", "encode"]
+    assert 0 <= sum(stages.values()) <= r.elapsed.total_seconds() * 1000
     r = _post(
         http,
         "/translate",
@@ -421,6 +399,9 @@ def test_translate_options_and_alpha(http: httpx.Client) -> None:
     want = 255 - np.asarray(Image.open(io.BytesIO(data))).astype(int)
     assert got.shape == (700, 1500, 3) and np.abs(got - want).max() <= 1
     assert "x-transfigure-processed-size" not in r.headers
+    stages = server_timing(r.headers["server-timing"])  # a 1-MP image takes time in each stage
+    assert min(stages["decode"], stages["infer"], stages["encode"]) > 0.05, stages
+    assert sum(stages.values()) <= r.elapsed.total_seconds() * 1000
     r = _post(http, "/translate", {"image": ("a.png", data)}, model="tiny-free", max_side=1000)
     assert Image.open(io.BytesIO(r.content)).size == (1000, 467)  # the opt-in downscale
 
@@ -601,17 +582,22 @@ def test_sample_grid_json_and_seed(http: httpx.Client) -> None:
     assert unseeded.status_code == 200 and unseeded.headers["x-seed"].isdigit()
 
 
+def _sample_batches(server: str) -> tuple[float, float]:
+    """(samples, batches) that went through the /sample_batch batcher, from /metrics."""
+    text = httpx.get(f"{server}/metrics").text
+    vals = {}
+    for suffix in ("sum", "count"):
+        m = re.search(
+            rf'adaptive_batch_size_{suffix}{{[^}}]*method_name="sample_batch"[^}}]*}} ([0-9.e+]+)', text
+        )
+        vals[suffix] = float(m.group(1)) if m else 0.0
+    return vals["sum"], vals["count"]
+
+
 @pytest.mark.integration
 def test_concurrent_samples_are_batched(server: str, http: httpx.Client) -> None:
     def metric() -> tuple[float, float]:
-        text = httpx.get(f"{server}/metrics").text
-        vals = {}
-        for suffix in ("sum", "count"):
-            m = re.search(
-                rf'adaptive_batch_size_{suffix}{{[^}}]*method_name="sample_batch"[^}}]*}} ([0-9.e+]+)', text
-            )
-            vals[suffix] = float(m.group(1)) if m else 0.0
-        return vals["sum"], vals["count"]
+        return _sample_batches(server)
 
     s0, c0 = metric()
     with ThreadPoolExecutor(16) as pool:
@@ -630,6 +616,29 @@ def test_concurrent_samples_are_batched(server: str, http: httpx.Client) -> None
     for seed in range(3):
         assert _post(http, "/sample", model="tiny-sample", n=8, seed=seed).content == results[seed].content
     assert metric() == (s1, c1)
+
+
+@pytest.mark.integration
+def test_with_sample_batching_off_concurrent_samples_run_directly(tmp_path: Path) -> None:
+    """TRANSFIGURE_SAMPLE_BATCHING=0: /sample never takes the batcher's hop, even with others in flight."""
+    from tests.server_utils import AUTH as SERVER_AUTH
+    from tests.server_utils import TOKEN as SERVER_TOKEN
+    from tests.server_utils import start_server
+
+    zoo = make_zoo(tmp_path / "zoo", kinds=("sample",))
+    with (
+        start_server(
+            zoo, tmp_path / "server", TRANSFIGURE_API_TOKEN=SERVER_TOKEN, TRANSFIGURE_SAMPLE_BATCHING="0"
+        ) as server,
+        httpx.Client(base_url=server.url, headers=SERVER_AUTH, timeout=60) as client,
+    ):
+        with ThreadPoolExecutor(16) as pool:
+            results = list(
+                pool.map(lambda i: _post(client, "/sample", model="tiny-sample", n=8, seed=i), range(48))
+            )
+        assert [r.status_code for r in results] == [200] * 48
+        assert results[5].content == _post(client, "/sample", model="tiny-sample", n=8, seed=5).content
+        assert _sample_batches(server.url) == (0.0, 0.0)  # with batching on, most go through it
 
 
 # -- bad input: always a 4xx with a message, and the server stays alive ----------------------------
@@ -783,6 +792,11 @@ def test_bento_builds_without_torch(tmp_path: Path) -> None:
         "service/zoo.py",
         "service/imaging.py",
         "service/admission.py",
+        "service/bentoml_patches.py",
+        "service/demo.py",
+        "service/static/index.html",
+        "service/static/app.js",
+        "service/static/app.css",
         "service/png.py",
         "models/card.py",
     } <= src

@@ -184,11 +184,11 @@ def test_a_lone_inference_runs_wide_and_queued_ones_run_narrow_side_by_side() ->
 
     first = threading.Thread(target=job, args=("first", release))
     first.start()
-    _until(lambda: slots._running == 1)  # "first" holds the server wide; two more requests queue
+    _until(lambda: slots.running == 1)  # "first" holds the server wide; two more requests queue
     queued = [threading.Thread(target=job, args=(n,)) for n in ("b", "c")]
     for t in queued:
         t.start()
-    _until(lambda: slots._waiting == 2)
+    _until(lambda: slots.waiting == 2)
     time.sleep(0.05)
     assert not log  # nobody overtakes a wide inference
     release.set()
@@ -239,19 +239,19 @@ def test_an_exclusive_inference_waits_for_the_lanes_runs_wide_alone_and_holds_ba
 
     threads = {n: threading.Thread(target=job, args=(n, n == "x")) for n in ("a", "b", "c", "x", "d")}
     threads["a"].start()
-    _until(lambda: slots._running == 1)
+    _until(lambda: slots.running == 1)
     threads["b"].start()
     threads["c"].start()
-    _until(lambda: slots._waiting == 2)
+    _until(lambda: slots.waiting == 2)
     gates["a"].set()
-    _until(lambda: slots._running == 2)  # b and c side by side, narrow
+    _until(lambda: slots.running == 2)  # b and c side by side, narrow
     threads["x"].start()  # a large image: waits for both lanes to empty
-    _until(lambda: slots._exclusive_waiting == 1)
+    _until(lambda: slots.waiting == 1)
     threads["d"].start()  # arrives after it: waits for it, although a lane frees up first
-    _until(lambda: slots._waiting == 2)
+    _until(lambda: slots.waiting == 2)
     gates["b"].set()
     time.sleep(0.05)
-    assert "x" not in log and "d" not in log and slots._running == 1
+    assert "x" not in log and "d" not in log and slots.running == 1
     gates["c"].set()
     for t in threads.values():
         t.join(5)
@@ -297,11 +297,11 @@ def test_a_narrow_slot_runs_the_one_thread_session(zoo_dir: Path) -> None:
 
     holder = threading.Thread(target=hold)
     holder.start()
-    _until(lambda: slots._running == 1)
+    _until(lambda: slots.running == 1)
     queued = [threading.Thread(target=infer, args=(n,)) for n in ("b", "c")]
     for t in queued:
         t.start()
-    _until(lambda: slots._waiting == 2)
+    _until(lambda: slots.waiting == 2)
     release.set()
     for t in [holder, *queued]:
         t.join(5)
