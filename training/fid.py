@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -292,53 +293,38 @@ class DomainJudge:
     """L2-regularised logistic regression on standardised features: P(image is from domain B).
 
     Trained on trainA (label 0) vs trainB (label 1) features with balanced class weights, so a judge
-    trained on unequal folders does not simply learn the prior.
+    trained on unequal folders does not simply learn the prior. scikit-learn's ``StandardScaler`` +
+    ``LogisticRegression`` (lbfgs; the intercept is not penalised).
     """
 
-    l2: float = 1.0  # penalty on ||w||² relative to the mean log-loss * n; larger = smoother judge
+    # minimises l2 * ||w||² / 2 + sum_i c_i * log-loss_i with balanced weights c_i = n / (2 n_class):
+    # scikit-learn's C = 1 / l2. Larger = smoother judge.
+    l2: float = 1.0
     max_iter: int = 500
-    mean_: np.ndarray | None = None
-    scale_: np.ndarray | None = None
-    w_: np.ndarray | None = None
-    b_: float = 0.0
+    model_: Any = None  # the fitted scikit-learn pipeline
 
     def fit(self, features_a: np.ndarray, features_b: np.ndarray) -> DomainJudge:
-        from scipy.optimize import minimize
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
 
         xa = np.asarray(features_a, dtype=np.float64)
         xb = np.asarray(features_b, dtype=np.float64)
         if len(xa) < 1 or len(xb) < 1:
             raise ValueError("the domain judge needs features of both domains")
         x = np.concatenate([xa, xb])
-        y = np.concatenate([np.zeros(len(xa)), np.ones(len(xb))])
-        weights = np.concatenate([np.full(len(xa), 0.5 / len(xa)), np.full(len(xb), 0.5 / len(xb))])
-        self.mean_ = x.mean(axis=0)
-        self.scale_ = x.std(axis=0) + 1e-6
-        z = (x - self.mean_) / self.scale_
-        n, d = z.shape
-        lam = self.l2 / n
-
-        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            w, b = theta[:d], theta[d]
-            logits = z @ w + b
-            # log(1 + e^l) - y l, numerically stable
-            ll = np.logaddexp(0.0, logits) - y * logits
-            p = 0.5 * (1.0 + np.tanh(0.5 * logits))  # stable sigmoid
-            g = weights * (p - y)
-            value = float(weights @ ll + 0.5 * lam * w @ w)
-            grad = np.concatenate([z.T @ g + lam * w, [g.sum()]])
-            return value, grad
-
-        res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter})
-        self.w_, self.b_ = res.x[:d], float(res.x[d])
+        y = np.concatenate([np.zeros(len(xa), dtype=int), np.ones(len(xb), dtype=int)])
+        # tol 1e-6: scikit-learn's default 1e-4 stops early enough to move P(B) by a few hundredths
+        classifier = LogisticRegression(
+            C=1.0 / self.l2, class_weight="balanced", max_iter=self.max_iter, tol=1e-6
+        )
+        self.model_ = make_pipeline(StandardScaler(), classifier).fit(x, y)
         return self
 
     def prob_b(self, features: np.ndarray) -> np.ndarray:
-        if self.w_ is None:
+        if self.model_ is None:
             raise RuntimeError("DomainJudge.fit() first")
-        z = (np.asarray(features, dtype=np.float64) - self.mean_) / self.scale_
-        logits = z @ self.w_ + self.b_
-        return 0.5 * (1.0 + np.tanh(0.5 * logits))
+        return self.model_.predict_proba(np.asarray(features, dtype=np.float64))[:, 1]
 
     def share(self, features: np.ndarray, domain: str) -> float:
         """Share of images the judge assigns to ``domain`` ("A" or "B")."""
