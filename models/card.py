@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.files import atomic_write
+
 SCHEMA_VERSION = 2
 MIGRATED_VERSIONS = (1,)  # older versions read (and upgraded) by ModelCard.from_dict
 CARD_FILE = "card.json"
@@ -365,12 +367,7 @@ class ModelCard(_Strict):
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / CARD_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write(Path(folder) / CARD_FILE, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> ModelCard:

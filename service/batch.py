@@ -66,6 +66,7 @@ from PIL import Image
 
 from models import card_paths
 from models.card import LABEL_INPUT, Z_INPUT, CardError
+from models.files import atomic_write, part_path
 from service.config import Settings, SettingsError, load_settings
 from service.imaging import (
     FORMATS,
@@ -89,7 +90,6 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 MANIFEST_TEXT = {".txt", ".lst", ".list"}
 MANIFEST_JSONL = {".jsonl", ".ndjson"}
 STATE_DIR = ".transfigure"  # reports and summaries, inside --output (hidden: never read as input)
-PART_SUFFIX = ".part"
 EXT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 # Files in a batch job are not uploads: allow bigger files than the HTTP limit, but still bounded.
 BATCH_MAX_BYTES = 256 * 1024 * 1024
@@ -287,39 +287,6 @@ def check_inside(path: Path, root: Path) -> None:
 
 
 # -- writing -------------------------------------------------------------------------------------
-
-
-def part_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{PART_SUFFIX}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot open a folder; the rename still happened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent or complete, even after SIGKILL.
-
-    The temporary file is in the same folder (a rename across file systems is not atomic) and is
-    fsynced before the rename, or a crash could leave a renamed but empty file (ext4, XFS).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def is_complete(path: Path) -> bool:

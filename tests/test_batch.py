@@ -251,19 +251,6 @@ def test_sigterm_stops_cleanly_with_a_summary(tmp_path: Path, zoo_dir: Path) -> 
     assert len(outputs(out)) == summary["ok"]  # everything reported ok is on disk, nothing else
 
 
-def test_atomic_write_leaves_old_file_or_new_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "a" / "x.png"
-    batch.atomic_write(target, b"old")
-
-    def broken_fsync(fd: int) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(batch.os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
-        batch.atomic_write(target, b"new contents")
-    assert target.read_bytes() == b"old"  # a failure before the rename never touches the output
-
-
 def test_report_survives_a_line_cut_short(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text('{"input": "a", "status": "ok"}\n{"input": "b", "sta')  # killed mid-line
