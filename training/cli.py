@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from training.recipes import RECIPE_MODULES as RECIPES
+from training.recipes import recipe_module_path, recipe_names
 
 # subcommand -> (module, help); the module provides add_arguments(parser) and run(args)
 COMMANDS = {
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     t = sub.add_parser("train", help="train a model with one of the recipes", add_help=False)
-    t.add_argument("recipe", choices=sorted(RECIPES), help="which recipe")
+    t.add_argument("recipe", choices=recipe_names(), help="which recipe")
     for name, (_, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return p
@@ -68,13 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "train":
             if not rest or rest[0] in {"-h", "--help"}:
-                print("usage: transfigure train {" + ",".join(sorted(RECIPES)) + "} [options]")
+                print("usage: transfigure train {" + ",".join(recipe_names()) + "} [options]")
                 print("       transfigure train RECIPE --help   for the recipe's options")
                 return 0 if rest else 2
             recipe = rest[0]
-            if recipe not in RECIPES:
-                parser.error(f"unknown recipe '{recipe}': choose one of {', '.join(sorted(RECIPES))}")
-            module, prog, rest = RECIPES[recipe], f"transfigure train {recipe}", rest[1:]
+            if recipe not in recipe_names():
+                parser.error(f"unknown recipe '{recipe}': choose one of {', '.join(recipe_names())}")
+            module, prog, rest = recipe_module_path(recipe), f"transfigure train {recipe}", rest[1:]
         elif command in COMMANDS:
             module, prog = COMMANDS[command][0], f"transfigure {command}"
         else:

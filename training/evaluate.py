@@ -362,53 +362,6 @@ class TranslationImages:
     split: str  # which split, in words
 
 
-def translation_images(recipe: str, cfg, net: str) -> TranslationImages:
-    """The test/train images of ``net`` (CycleGAN ``G_AB``/``G_BA``, pix2pix ``G``) under ``cfg``."""
-    if recipe == "cyclegan":
-        from training.data import resolve_unpaired_files
-        from training.recipes import recipe_module
-
-        a_name, b_name = recipe_module(recipe).domain_names(cfg)
-
-        def files(phase: str) -> tuple[list[ImageRef], list[ImageRef]]:
-            a, b = resolve_unpaired_files(cfg.data or None, phase, cfg.a_dir or None, cfg.b_dir or None,
-                                          cfg.holdout_every)  # fmt: skip
-            return [ImageRef(f) for f in a], [ImageRef(f) for f in b]
-
-        test, train = dict(zip("AB", files("test"), strict=True)), files("train")
-        src, dst = ("A", "B") if net == "G_AB" else ("B", "A")
-        if cfg.a_dir:
-            dirs = {"A": cfg.a_dir, "B": cfg.b_dir}
-            split = (f"held-out {src} -> {dst}: every {cfg.holdout_every}th file of {Path(dirs[src]).name} "
-                     f"-> of {Path(dirs[dst]).name}")  # fmt: skip
-        else:
-            split = f"test{src} -> test{dst} of {Path(cfg.data).name}"
-        names = {"A": a_name, "B": b_name}
-        return TranslationImages(
-            inputs=[(r,) for r in test[src]], targets=test[dst], judge_a=train[0], judge_b=train[1],
-            target_domain=dst, tag=f"{names[src]}2{names[dst]}", split=split,
-        )  # fmt: skip
-    if recipe == "pix2pix":
-        from training.data import resolve_paired_files
-
-        def pairs(phase: str) -> list[tuple[ImageRef, ImageRef]]:
-            out = []
-            for first, second in resolve_paired_files(cfg.data, phase):
-                a, b = (ImageRef(first, "left"), ImageRef(first, "right")) if second is None else (
-                    ImageRef(first), ImageRef(second))  # fmt: skip
-                out.append((b, a) if cfg.direction == "BtoA" else (a, b))
-            return out
-
-        test, train = pairs(cfg.test_phase), pairs(cfg.train_phase)
-        src, dst = cfg.direction.split("to")
-        return TranslationImages(
-            inputs=test, targets=[b for _, b in test], judge_a=[a for a, _ in train],
-            judge_b=[b for _, b in train], target_domain="B", tag=f"{src}2{dst}",
-            split=f"{cfg.test_phase}/ {src} -> {dst} of {Path(cfg.data).name}",
-        )  # fmt: skip
-    raise ValueError(f"recipe '{recipe}' is not a translation recipe")
-
-
 def own_size_protocol(model: str, multiple_of: int) -> str:
     """How the test images reached the model, for every translation metric's protocol."""
     pad = (
@@ -583,22 +536,23 @@ def _torch_protocol(run, net: str, device: str) -> str:
                              int(getattr(run.generators[net], "multiple_of", 1)))  # fmt: skip
 
 
-def _evaluate_run_translation(run, report: Report, opts: EvalOptions, nets: tuple[str, ...]) -> None:
+def evaluate_run_translation(
+    run,
+    report: Report,
+    opts: EvalOptions,
+    nets: Iterable[str],
+    images: Callable[[Any, str], TranslationImages],
+) -> None:
+    """Every translation metric of a run's PyTorch ``nets`` (those it has) on their test images at
+    their own size; ``images(config, net)`` gives each net's splits (the recipe's ``translation_images``)."""
     for net in nets:
-        if net not in run.generators:
+        if net not in run.nets:
             continue
-        gen = run.generators[net]
+        gen = run.nets[net]
         fn = padded_fn(torch_fn(gen, opts.device), int(getattr(gen, "multiple_of", 1)))
-        images = translation_images(run.recipe, run.config, net)
-        evaluate_translation(report, net, fn, images, opts, _torch_protocol(run, net, opts.device))
-
-
-def evaluate_cyclegan(run, report: Report, opts: EvalOptions) -> None:
-    _evaluate_run_translation(run, report, opts, ("G_AB", "G_BA"))
-
-
-def evaluate_pix2pix(run, report: Report, opts: EvalOptions) -> None:
-    _evaluate_run_translation(run, report, opts, ("G",))
+        evaluate_translation(
+            report, net, fn, images(run.config, net), opts, _torch_protocol(run, net, opts.device)
+        )
 
 
 @dataclass
@@ -609,46 +563,6 @@ class TranslationData:
     test_targets: Callable[[int | None, int], Iterator]
     train_inputs: Callable[[int | None, int], Iterator]
     split: str
-
-
-def translation_data(run, net: str) -> TranslationData:
-    """Test inputs/targets and training inputs of ``net`` (CycleGAN G_AB/G_BA, pix2pix G)."""
-    cfg = run.config
-    crop = cfg.crop_size
-    if run.recipe == "cyclegan":
-        from training.data import resolve_unpaired_files
-
-        def files(phase: str) -> tuple[list[Path], list[Path]]:
-            return resolve_unpaired_files(cfg.data or None, phase, cfg.a_dir or None, cfg.b_dir or None,
-                                          cfg.holdout_every)  # fmt: skip
-
-        (test_a, test_b), (train_a, train_b) = files("test"), files("train")
-        src, dst, train_src = (test_a, test_b, train_a) if net == "G_AB" else (test_b, test_a, train_b)
-        return TranslationData(
-            test_inputs=lambda limit, bs: ((x,) for x in image_file_batches(src, crop, bs, limit)),
-            test_targets=lambda limit, bs: image_file_batches(dst, crop, bs, limit),
-            train_inputs=lambda limit, bs: image_file_batches(train_src, crop, bs, limit),
-            split="testA -> testB" if net == "G_AB" else "testB -> testA",
-        )
-    if run.recipe == "pix2pix":
-        from training.data import PairedImageFolder
-
-        def paired(phase: str):
-            return PairedImageFolder(
-                cfg.data, phase=phase, direction=cfg.direction, crop_size=crop, train=False
-            )
-
-        return TranslationData(
-            test_inputs=lambda limit, bs: dataset_batches(paired(cfg.test_phase), ("A", "B"), bs, limit),
-            test_targets=lambda limit, bs: (
-                b for (b,) in dataset_batches(paired(cfg.test_phase), ("B",), bs, limit)
-            ),
-            train_inputs=lambda limit, bs: (
-                a for (a,) in dataset_batches(paired(cfg.train_phase), ("A",), bs, limit)
-            ),
-            split=f"{cfg.test_phase}/ {cfg.direction}",
-        )
-    raise ValueError(f"recipe '{run.recipe}' is not a translation recipe")
 
 
 def translation_fid(fn: ImageFn, data: TranslationData, opts: EvalOptions, target_features=None) -> float:
@@ -681,11 +595,14 @@ def upscaler_from_fn(fn: ImageFn, value_range: tuple[float, float]):
     return upscale
 
 
-def evaluate_upscale(run, report: Report, opts: EvalOptions, hr_dir: str | Path, net: str = "G") -> None:
+def evaluate_upscale(
+    run, report: Report, opts: EvalOptions, hr_dir: str | Path, spec, net: str = "G"
+) -> None:
+    """PSNR/SSIM/sharpness of a run's upscaler ``net`` (interface ``spec``, an ExportSpec) on the HR
+    images of ``hr_dir``, next to the bicubic baseline through the same code path."""
     from training.data.images import list_images
     from training.quality import bicubic_upscaler, evaluate_upscaler
 
-    spec = _recipe(run).export_specs(run.config)[net]
     scale = int(spec.scale)
     files = list_images(hr_dir)[: opts.limit] if opts.limit else list_images(hr_dir)
     model = evaluate_upscaler(upscaler_from_fn(torch_fn(run.generators[net], opts.device), spec.input_range),
@@ -718,12 +635,6 @@ def _sr_grid(net, spec, files: list[Path], opts: EvalOptions) -> list[list[np.nd
 
 
 # -- the report ------------------------------------------------------------------------------------
-def _recipe(run):
-    from training.recipes import recipe_module
-
-    return recipe_module(run.recipe)
-
-
 def markdown_table(report: Report, title: str) -> str:
     lines = [
         f"# {title}",
@@ -756,8 +667,11 @@ def write_report(report: Report, out: Path, name: str, extra: dict[str, Any], ti
     return path
 
 
-EVALUATORS = {"cyclegan": evaluate_cyclegan, "pix2pix": evaluate_pix2pix}
-TRANSLATE_METHODS = ("cyclegan", "pix2pix")
+def translate_recipes() -> list[str]:
+    """The registered recipes whose zoo model folders can be evaluated (they provide ``translation_images``)."""
+    from training.recipes import recipe_module, recipe_names
+
+    return [name for name in recipe_names() if hasattr(recipe_module(name), "translation_images")]
 
 
 def is_model_folder(path: str | Path) -> bool:
@@ -779,29 +693,18 @@ def evaluate_run(
 ) -> Path:
     """Evaluate a run folder; returns the path of the JSON report ``<prefix><name>.json`` (in ``out``,
     default ``RUN/eval``)."""
-    import dataclasses
-
     from training.fid import PROTOCOL
-    from training.recipes import load_run
+    from training.recipes import load_run, recipe_module, with_data
 
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    if data and run.recipe != "srgan":  # srgan: --data is the HR test folder, not the training data
-        run.config = dataclasses.replace(run.config, data=str(data))
-    report = Report(command=command or command_line())
-    if run.recipe in EVALUATORS:
-        EVALUATORS[run.recipe](run, report, options)
-    elif run.recipe == "srgan":
-        hr_dir = data or getattr(run.config, "val_data", "")
-        if not hr_dir:
-            raise ValueError("srgan: pass --data DIR, a folder of HR test images (e.g. shared/data/Set5)")
-        evaluate_upscale(run, report, options, hr_dir)
-    elif run.recipe == "cgan":
-        evaluate_cgan(run, report, options, judge)
-    else:
+    recipe = recipe_module(run.recipe)
+    run.config = with_data(recipe, run.config, data)
+    if not hasattr(recipe, "evaluate"):
         raise ValueError(f"recipe '{run.recipe}' has nothing to evaluate (its nets are not exported)")
-    default = data if run.recipe == "srgan" else getattr(run.config, "data", "")
-    name = prefix + (name or (Path(default).name if default else "test") or "test")
+    report = Report(command=command or command_line())
+    named_after = recipe.evaluate(run, report, options, data, judge)
+    name = prefix + (name or (Path(named_after).name if named_after else "test") or "test")
     extra = {
         "run": str(run_dir),
         "recipe": run.recipe,
@@ -828,32 +731,29 @@ def evaluate_model(
     """Evaluate a zoo translate model's ONNX file as shipped; returns the path of the JSON report
     ``<prefix><name>.json`` (in ``out``, default ``FOLDER/eval``). The splits come from the card's ``training.recipe_config``;
     ``data`` replaces its data folder."""
-    import dataclasses
-
     from models.card import ModelCard
     from training.data import EmptyFolderError
     from training.fid import PROTOCOL
-    from training.recipes import config_from_dict, recipe_module
+    from training.recipes import config_from_dict, recipe_module, with_data
 
     folder = Path(folder)
     card = ModelCard.load(folder)
-    if card.task != "translate" or card.method not in TRANSLATE_METHODS:
+    saved = card.training.recipe_config
+    recipe = str(saved.get("recipe", card.method))
+    mod = recipe_module(recipe) if card.task == "translate" else None
+    if mod is None or not hasattr(mod, "translation_images"):
         raise ValueError(
-            f"{folder}: a zoo folder is evaluated for translate models ({', '.join(TRANSLATE_METHODS)}); "
+            f"{folder}: a zoo folder is evaluated for translate models ({', '.join(translate_recipes())}); "
             f"'{card.name}' is a {card.task} model ({card.method}): evaluate its training run instead"
         )
     assert card.input is not None  # translate cards always have one
     if card.input.channels != 3:
         raise ValueError(f"{folder}: evaluation takes RGB inputs; '{card.name}' takes {card.input.channels}")
     onnx_path = card.verify_file(folder)  # the file the card describes, sha256 checked
-    saved = card.training.recipe_config
-    recipe = str(saved.get("recipe", card.method))
-    config = config_from_dict(recipe_module(recipe).Config, saved.get("config", saved))
-    if data:
-        config = dataclasses.replace(config, data=str(data))
-    net = str(saved.get("net") or ("G_AB" if recipe == "cyclegan" else "G"))
+    config = with_data(mod, config_from_dict(mod.Config, saved.get("config", saved)), data)
+    net = str(saved.get("net") or mod.TRANSLATE_NETS[0])
     try:
-        images = translation_images(recipe, config, net)
+        images = mod.translation_images(config, net)
     except EmptyFolderError as e:
         if data:
             raise
@@ -960,36 +860,37 @@ def sample_judge_accuracy(fn: SampleFn, spec, judge, judge_size: int | None, n_p
     return float((pred == labels.numpy()).mean())
 
 
-def evaluate_cgan(
-    run, report: Report, opts: EvalOptions, judge_run: str | None, n_per_class: int | None = None
+def evaluate_samples(
+    run,
+    report: Report,
+    opts: EvalOptions,
+    real: tuple[Any, np.ndarray],
+    judge,
+    judge_size: int | None,
+    judge_name: str,
+    net: str = "G",
+    n_per_class: int | None = None,
 ) -> None:
-    from training.data.labelled import LabelledImages, load_split
+    """Judge accuracy, judge-space FID and per-class diversity of a class-conditional sampler ``net``
+    (``G(z, label)``) of ``run``, whose config names its ``classes`` and ``latent_dim``, against the
+    real test images ``real`` = (N x C x S x S in [-1, 1], labels). ``judge``: a classifier whose last
+    Linear layer's input is its feature space, fed images resized to ``judge_size``; ``judge_name``
+    says which one in every protocol."""
     from training.fid import frechet_distance, mean_pairwise_distance
-    from training.recipes.classifier import load_judge
 
-    if not judge_run:
-        raise ValueError(
-            "cgan evaluation needs a judge: --judge RUN of `transfigure train classifier` on the same data"
-        )
-    judge, jcfg = load_judge(judge_run)
-    cfg, net = run.config, "G"
+    cfg = run.config
     classes = list(cfg.classes)
-    if list(jcfg.classes) != classes:
-        raise ValueError(f"the judge was trained on classes {list(jcfg.classes)}, the cGAN on {classes}")
+    real_x, real_y = real
     n = n_per_class or min(SAMPLES_PER_CLASS, opts.limit or SAMPLES_PER_CLASS)
-    test = LabelledImages(
-        load_split(cfg.data, "test", cfg.test_fraction, classes, cfg.image_size, cfg.channels), cfg.image_size
-    )
-    real_x, real_y = test.images, test.labels.numpy()
     if opts.limit:  # at most `limit` real images per class
         keep = np.concatenate([np.flatnonzero(real_y == c)[: opts.limit] for c in range(len(classes))])
         real_x, real_y = real_x[keep], real_y[keep]
-    size = jcfg.image_size
+    size = judge_size
     real_f, real_pred = judge_images(judge, real_x, size)
-    fake_x, fake_y = generate_samples(torch_sample_fn(run.generators[net]), len(classes), cfg.latent_dim, n)
+    fake_x, fake_y = generate_samples(torch_sample_fn(run.nets[net]), len(classes), cfg.latent_dim, n)
     fake_y = fake_y.numpy()
     fake_f, fake_pred = judge_images(judge, fake_x, size)
-    jp = f"judge: classifier run {judge_run} (penultimate-layer features for FID/diversity)"
+    jp = f"judge: {judge_name} (penultimate-layer features for FID/diversity)"
     sp = f"{n} samples per class (seed 0) vs the test split ({len(real_y)} images)"
     report.add("judge_accuracy_samples", float((fake_pred == fake_y).mean()), sp, "share of samples the judge "
                "assigns to their class; " + jp, net)  # fmt: skip

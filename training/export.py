@@ -644,72 +644,96 @@ def _image_batches_to_feeds(batches, limit: int) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def run_io(loaded, net_name: str, spec, args, judge_run: str | None):
-    """Grid rows, INT8 calibration feeds and the INT8 headline metric for a run's net.
+@dataclass
+class ExportIO:
+    """What exporting one net needs beyond the net, from its recipe's ``export_io``: the sample grid
+    (rows of uint8 images), INT8 calibration feeds and the INT8 headline metric of an ONNX file on
+    the test split. ``None``: not available (no grid; ``--int8`` is refused)."""
 
-    Everything here reads the recipe's own splits; when the data is not on this machine the grid and
-    INT8 are skipped (INT8 then fails with a message) rather than invented."""
+    grid: Callable[[], list[list[np.ndarray]]] | None = None
+    calibration: Callable[[], list[dict[str, np.ndarray]]] | None = None
+    metric: Callable[[Path], float] | None = None
+    higher_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class IOOptions:
+    """The export options a recipe's ``export_io`` reads."""
+
+    data: str | None = None  # --data
+    judge: str | None = None  # --judge
+    calibration_images: int = ExportOptions.calibration_images
+    int8_images: int | None = None  # test images for the INT8 metric (None: all)
+
+
+def translation_export_io(net, spec, data, options: IOOptions) -> ExportIO:
+    """Grid, calibration and INT8 FID of a translate net from its recipe's own splits ``data``
+    (a :class:`training.evaluate.TranslationData`)."""
     from training import evaluate as ev
 
-    opts = ev.EvalOptions(limit=args.int8_images, batch_size=4)
-    net = loaded.generators[net_name]
-    if spec.task == "translate":
-        data = ev.translation_data(loaded, net_name)
+    opts = ev.EvalOptions(limit=options.int8_images, batch_size=4)
 
-        def grid():
-            x = next(iter(data.test_inputs(4, 4)))[0]
-            y = ev.torch_fn(net)(x)
-            xs = tensor_to_uint8_images(x, spec.input_range)
-            ys = tensor_to_uint8_images(y, spec.output_range)
-            return [[a, b] for a, b in zip(xs, ys, strict=True)]
+    def grid():
+        x = next(iter(data.test_inputs(4, 4)))[0]
+        y = ev.torch_fn(net)(x)
+        xs = tensor_to_uint8_images(x, spec.input_range)
+        ys = tensor_to_uint8_images(y, spec.output_range)
+        return [[a, b] for a, b in zip(xs, ys, strict=True)]
 
-        def calibration():
-            return _image_batches_to_feeds(
-                data.train_inputs(args.calibration_images, 4), args.calibration_images
-            )
+    def calibration():
+        n = options.calibration_images
+        return _image_batches_to_feeds(data.train_inputs(n, 4), n)
 
-        cache: dict[str, Any] = {}
+    cache: dict[str, Any] = {}
 
-        def metric(path: Path) -> float:
-            if "target" not in cache:
-                cache["target"] = ev.features_of(data.test_targets(opts.limit, opts.batch_size))
-            return ev.translation_fid(ev.onnx_fn(path), data, opts, cache["target"])
+    def metric(path: Path) -> float:
+        if "target" not in cache:
+            cache["target"] = ev.features_of(data.test_targets(opts.limit, opts.batch_size))
+        return ev.translation_fid(ev.onnx_fn(path), data, opts, cache["target"])
 
-        return grid, calibration, metric, False
-    if spec.task == "upscale":
-        from training.data.images import list_images
-        from training.quality import bicubic_downscale, evaluate_upscaler
+    return ExportIO(grid, calibration, metric, higher_is_better=False)
 
-        hr_dir = args.data or getattr(loaded.config, "val_data", "")
-        train_dir = getattr(loaded.config, "data", "")
 
-        def grid():
-            files = list_images(hr_dir)[:3]
-            return ev._sr_grid(net, spec, files, ev.EvalOptions())
+def upscale_export_io(net, spec, hr_dir: str | Path, train_dir: str | Path, options: IOOptions) -> ExportIO:
+    """Grid and INT8 PSNR of an upscaler on the HR test images of ``hr_dir``; calibration on LR
+    crops of the training images of ``train_dir``."""
+    from training import evaluate as ev
+    from training.data.images import list_images
+    from training.quality import bicubic_downscale, evaluate_upscaler
 
-        def calibration():
-            from training.data.images import load_rgb_array as load_rgb
-            from training.data.sr import center_crop
+    def grid():
+        files = list_images(hr_dir)[:3]
+        return ev._sr_grid(net, spec, files, ev.EvalOptions())
 
-            hr_size = int(spec.native_size) * int(spec.scale)
-            lo, hi = spec.input_range
-            feeds = []
-            for f in list_images(train_dir)[: args.calibration_images]:
-                hr = load_rgb(f)
-                if min(hr.shape[:2]) < hr_size:
-                    continue
-                lr = bicubic_downscale(center_crop(hr, hr_size), int(spec.scale)).astype(np.float32) / 255.0
-                feeds.append({IMAGE_INPUT: (lr.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)})
-            return feeds
+    def calibration():
+        from training.data.images import load_rgb_array as load_rgb
+        from training.data.sr import center_crop
 
-        def metric(path: Path) -> float:
-            files = list_images(hr_dir)[: args.int8_images]
-            up = ev.upscaler_from_fn(ev.onnx_fn(path), spec.input_range)
-            return evaluate_upscaler(up, files, int(spec.scale)).mean["psnr_y"]
+        hr_size = int(spec.native_size) * int(spec.scale)
+        lo, hi = spec.input_range
+        feeds = []
+        for f in list_images(train_dir)[: options.calibration_images]:
+            hr = load_rgb(f)
+            if min(hr.shape[:2]) < hr_size:
+                continue
+            lr = bicubic_downscale(center_crop(hr, hr_size), int(spec.scale)).astype(np.float32) / 255.0
+            feeds.append({IMAGE_INPUT: (lr.transpose(2, 0, 1)[None] * (hi - lo) + lo).astype(np.float32)})
+        return feeds
 
-        return grid, calibration, metric, True
-    # sample
-    from training.recipes.classifier import load_judge
+    def metric(path: Path) -> float:
+        files = list_images(hr_dir)[: options.int8_images]
+        up = ev.upscaler_from_fn(ev.onnx_fn(path), spec.input_range)
+        return evaluate_upscaler(up, files, int(spec.scale)).mean["psnr_y"]
+
+    return ExportIO(grid, calibration, metric, higher_is_better=True)
+
+
+def sample_export_io(
+    net, spec, judge: Callable[[], tuple[Any, int | None]] | None, options: IOOptions
+) -> ExportIO:
+    """Grid, calibration noise and INT8 judge accuracy of a class-conditional sampler; ``judge()``
+    loads the classifier and its input size (None: the metric is refused with a message)."""
+    from training import evaluate as ev
 
     def grid():
         images, labels = ev.generate_samples(ev.torch_sample_fn(net), len(spec.classes), spec.latent_dim, 8)
@@ -721,15 +745,15 @@ def run_io(loaded, net_name: str, spec, args, judge_run: str | None):
         return [
             {Z_INPUT: g.standard_normal((8, spec.latent_dim)).astype(np.float32),
              LABEL_INPUT: (np.arange(8) % len(spec.classes)).astype(np.int64)}
-            for _ in range(max(1, args.calibration_images // 8))
+            for _ in range(max(1, options.calibration_images // 8))
         ]  # fmt: skip
 
     def metric(path: Path) -> float:
-        if not judge_run:
+        if judge is None:
             raise ExportError(
                 "--int8 for a sample model needs --judge RUN (a classifier run) to measure accuracy"
             )
-        judge, jcfg = load_judge(judge_run)
+        judge_net, judge_size = judge()
         sess = ort_session(path)
 
         def fn(z, label):
@@ -737,9 +761,9 @@ def run_io(loaded, net_name: str, spec, args, judge_run: str | None):
 
             return torch.from_numpy(sess.run([OUTPUT], {Z_INPUT: z.numpy(), LABEL_INPUT: label.numpy()})[0])
 
-        return ev.sample_judge_accuracy(fn, spec, judge, jcfg.image_size, max(8, args.int8_images))
+        return ev.sample_judge_accuracy(fn, spec, judge_net, judge_size, max(8, options.int8_images or 0))
 
-    return grid, calibration, metric, True
+    return ExportIO(grid, calibration, metric, higher_is_better=True)
 
 
 def _source_card(run: str | Path) -> ModelCard | None:
@@ -749,10 +773,8 @@ def _source_card(run: str | Path) -> ModelCard | None:
 
 
 def export_run(args: argparse.Namespace) -> ExportResult:
-    import dataclasses as dc
-
     from training.evaluate import command_line
-    from training.recipes import load_run, load_run_from_card, recipe_module
+    from training.recipes import load_run, load_run_from_card, recipe_module, with_data
 
     card = _source_card(args.run)
     if card is None and getattr(args, "dequantize", False):
@@ -763,9 +785,9 @@ def export_run(args: argparse.Namespace) -> ExportResult:
         args.net = args.net or next(iter(loaded.generators))
     else:
         loaded = load_run(args.run, ema=True)
-    if args.data and loaded.recipe != "srgan":
-        loaded.config = dc.replace(loaded.config, data=str(args.data))
-    specs = recipe_module(loaded.recipe).export_specs(loaded.config)
+    recipe = recipe_module(loaded.recipe)
+    loaded.config = with_data(recipe, loaded.config, args.data)
+    specs = recipe.export_specs(loaded.config)
     if not specs:
         raise ExportError(f"{args.run}: a '{loaded.recipe}' run has no exportable nets")
     net_name = args.net or next(iter(specs))
@@ -794,9 +816,10 @@ def export_run(args: argparse.Namespace) -> ExportResult:
             notes.append(
                 f"Metrics were measured at step {report.get('step')}, the exported weights are step {loaded.step}."
             )
-    grid_fn, calib_fn, metric_fn, higher_better = run_io(loaded, net_name, spec, args, args.judge)
+    io_options = IOOptions(args.data, args.judge, args.calibration_images, args.int8_images)
+    io = recipe.export_io(loaded, net_name, spec, io_options) if hasattr(recipe, "export_io") else ExportIO()
     try:
-        rows = grid_fn()
+        rows = io.grid() if io.grid is not None else None
     except (OSError, ValueError) as e:  # data not on this machine: no grid rather than a fake one
         rows = None
         print(f"transfigure export: no sample grid ({e})", file=sys.stderr)
@@ -804,13 +827,13 @@ def export_run(args: argparse.Namespace) -> ExportResult:
         opset=args.opset, atol=args.atol, int8=args.int8, int8_max_loss=args.int8_max_loss,
         calibration_images=args.calibration_images, prefer_dynamo=not args.torchscript,
     )  # fmt: skip
-    calibration = calib_fn() if args.int8 else None
+    calibration = io.calibration() if args.int8 and io.calibration is not None else None
     return export_net(
         net, spec, name=args.name, out_root=args.out,
         training=dict(card.training.model_dump(mode="json"), commit=git_commit()) if card is not None
         else training_info(loaded, spec, net_name),
         metrics=metrics, headline=headline, grid_rows=rows, options=options, calibration=calibration,
-        int8_metric=metric_fn if args.int8 else None, int8_higher_is_better=higher_better, notes=" ".join(notes),
+        int8_metric=io.metric if args.int8 else None, int8_higher_is_better=io.higher_is_better, notes=" ".join(notes),
         command=command_line(args, "export"), quality_bar=quality_bar,
         weights="dequantized_int8" if dequantized else "trained",
     )  # fmt: skip

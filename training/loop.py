@@ -894,15 +894,21 @@ def _train(
 
 
 def cli_train(
-    name: str, config_cls: type, build: Callable[[Any, Runtime], Recipe], args: argparse.Namespace
+    name: str,
+    config_cls: type,
+    build: Callable[[Any, Runtime], Recipe],
+    args: argparse.Namespace,
+    prepare: Callable[[Any], Any] | None = None,
 ) -> int:
-    """``run(args)`` of a recipe: config from the command line, then :func:`train`. Mistakes the user
-    can fix (bad option, missing data, existing run) print one line instead of a traceback."""
-    from training.data.images import EmptyFolderError
-
+    """``run(args)`` of a recipe: config from the command line, then :func:`train`. ``prepare(cfg)``
+    fills in what the data decides (e.g. the class names); those fields are not "explicit", so on
+    ``--resume`` the saved values win. Mistakes the user can fix (bad option, missing data or file,
+    existing run) print one line instead of a traceback."""
     try:
         cfg, explicit = config_from_args(config_cls, args)
+        if prepare is not None:
+            cfg = prepare(cfg)
         return train(name, cfg, build, explicit)
-    except (ConfigError, EmptyFolderError, FileExistsError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:  # FileNotFoundError: also EmptyFolderError
         print(f"transfigure train {name}: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ Images are served as float tensors in [-1, 1], padded (28 -> 32) or resized to `
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import struct
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from training.data.images import EmptyFolderError, list_images, open_image
+from training.loop import ConfigError
 
 FORMATS = ("quickdraw", "idx", "imagefolder")
 SPLITS = ("train", "test", "all")
@@ -305,3 +307,33 @@ def describe_dataset(
                 load_split(folder, split, test_fraction, classes, image_size, channels)
             )
     return info
+
+
+def resolve_data_fields(config):
+    """``config`` (a recipe Config on labelled data: ``data``, ``classes``, ``channels``,
+    ``image_size``, ``test_fraction``) with ``classes`` and ``channels`` filled in from its data; they
+    become part of the saved config, so the checkpoint can rebuild the nets."""
+    if not config.data:
+        return config
+    try:
+        data = load_split(
+            config.data, "train", config.test_fraction, config.classes or None, config.image_size,
+            config.channels or None,
+        )  # fmt: skip
+    except ValueError as e:  # a wrong --classes or an unreadable file: the user can fix it
+        raise ConfigError(f"{config.data}: {e}") from None
+    return dataclasses.replace(config, classes=tuple(data.classes), channels=int(data.images.shape[1]))
+
+
+def load_train_set(config) -> LabelledImages:
+    """The train split of ``config.data``, checked against the classes the run was started with."""
+    if not config.data:
+        raise ConfigError("no training data: pass --data FOLDER (see --help for the formats)")
+    data = load_split(
+        config.data, "train", config.test_fraction, list(config.classes), config.image_size, config.channels
+    )
+    if data.images.shape[1] != config.channels:
+        raise ConfigError(
+            f"{config.data}: images have {data.images.shape[1]} channels, the run has {config.channels}"
+        )
+    return LabelledImages(data, config.image_size)

@@ -1,14 +1,43 @@
-"""Recipes: one module per method, and the contract that evaluation and export rely on.
+"""Recipes: one module per method, the registry that names them, and the contract that training,
+evaluation and export rely on.
 
-Every recipe module ``training/recipes/<name>.py`` provides:
+A recipe module provides:
 
 * ``Config`` — a dataclass with every knob and its default (saved with each checkpoint, so that
   evaluation and export rebuild exactly the trained nets);
 * ``add_arguments(parser)`` / ``run(args) -> int`` — its ``transfigure train <name>`` command;
-* ``build_generators(config) -> dict[str, nn.Module]`` — the nets that can be exported, by the
-  names they carry in checkpoints (``G_AB``/``G_BA`` for CycleGAN, ``G`` for the others);
+* ``build_inference_nets(config) -> dict[str, nn.Module]`` — the nets a finished run is used
+  through (exported, evaluated, or used as a judge), by the names they carry in checkpoints
+  (``G_AB``/``G_BA`` for CycleGAN, ``C`` for the classifier, ``G`` for the others). A module that
+  only has the older name ``build_generators`` is accepted too;
 * ``export_specs(config) -> dict[str, ExportSpec]`` — for each exportable net, what its card says
-  about its interface (task, tensor layout, classes, scale).
+  about its interface (task, tensor layout, classes, scale); ``{}``: nothing to export.
+
+and, for evaluation and export (each optional; without it the run has nothing to evaluate, or its
+export has no sample grid and no ``--int8``):
+
+* ``evaluate(run, report, options, data, judge) -> str`` — measure a :class:`LoadedRun`'s nets into
+  ``report`` (:class:`training.evaluate.Report`) with the shared evaluators of
+  :mod:`training.evaluate` (own-size translation, upscaling, sample judge); ``data`` and ``judge``
+  are ``transfigure evaluate``'s ``--data`` and ``--judge``. Returns the folder the report is named
+  after ("" for none);
+* ``export_io(run, net, spec, options) -> training.export.ExportIO`` — the sample grid, the INT8
+  calibration inputs and the INT8 headline metric of one net, usually made by the shared makers of
+  :mod:`training.export` (``translation_export_io``, ``upscale_export_io``, ``sample_export_io``);
+  ``options`` is a :class:`training.export.IOOptions` (``--data``, ``--judge``, image counts);
+* ``with_data(config, data) -> config`` — the config with evaluate's / export's ``--data`` applied;
+  default: ``data`` replaces ``config.data``.
+
+A translate recipe also provides what evaluating a zoo model folder of it needs (the ONNX file as
+shipped, on the splits rebuilt from the card's ``training.recipe_config``): ``TRANSLATE_NETS`` (its
+translate nets, the first is the default) and ``translation_images(config, net) ->
+training.evaluate.TranslationImages``; its ``evaluate`` usually calls
+:func:`training.evaluate.evaluate_run_translation` with them.
+
+:data:`RECIPE_MODULES` maps each recipe name to its module; :func:`register_recipe` adds one from
+another package (e.g. ``register_recipe("mine", "my_package.mine")``), and so does an entry point in
+the ``transfigure.recipes`` group of an installed package (``mine = "my_package.mine"``), so that
+``transfigure train|evaluate|export`` know it.
 
 A run folder (``runs/<name>/``) written by ``training.loop`` holds ``config.json`` and
 ``checkpoints/last.pt`` (plus ``step_*.pt``): a dict with ``recipe``, ``config``, ``step``,
@@ -35,6 +64,8 @@ RECIPE_MODULES = {
     "classifier": "training.recipes.classifier",
     "srgan": "training.recipes.srgan",
 }
+ENTRY_POINT_GROUP = "transfigure.recipes"
+_entry_points_loaded: list[bool] = []
 
 
 @dataclass(frozen=True)
@@ -57,10 +88,60 @@ class ExportSpec:
     dataset: dict[str, Any] = field(default_factory=dict)  # name, source, license, split_sizes
 
 
-def recipe_module(name: str):
+def register_recipe(name: str, module: str) -> None:
+    """Make the recipe module ``module`` (a dotted import path) known as ``name``; registering a name
+    again with another module is refused (a run's checkpoint names its recipe)."""
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"recipe name '{name}': use letters, digits, - and _")
+    if RECIPE_MODULES.get(name, module) != module:
+        raise ValueError(f"recipe '{name}' is already registered as {RECIPE_MODULES[name]}")
+    RECIPE_MODULES[name] = module
+
+
+def _load_entry_points() -> None:
+    """Register the recipes that installed packages name in the ``transfigure.recipes`` group, once."""
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded.append(True)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        RECIPE_MODULES.setdefault(ep.name, ep.value)
+
+
+def recipe_names() -> list[str]:
+    """Every known recipe name, sorted."""
+    _load_entry_points()
+    return sorted(RECIPE_MODULES)
+
+
+def recipe_module_path(name: str) -> str:
+    """The dotted module path of recipe ``name``."""
     if name not in RECIPE_MODULES:
-        raise ValueError(f"unknown recipe '{name}': choose one of {', '.join(sorted(RECIPE_MODULES))}")
-    return importlib.import_module(RECIPE_MODULES[name])
+        _load_entry_points()
+    if name not in RECIPE_MODULES:
+        raise ValueError(f"unknown recipe '{name}': choose one of {', '.join(recipe_names())}")
+    return RECIPE_MODULES[name]
+
+
+def recipe_module(name: str):
+    return importlib.import_module(recipe_module_path(name))
+
+
+def build_inference_nets(module, config) -> dict[str, Any]:
+    """``module.build_inference_nets(config)`` (or the older ``build_generators``)."""
+    build = getattr(module, "build_inference_nets", None) or module.build_generators
+    return build(config)
+
+
+def with_data(module, config, data: str | None):
+    """``config`` with evaluate's / export's ``--data`` applied: the recipe's ``with_data``, else
+    ``data`` replaces ``config.data``."""
+    if not data:
+        return config
+    if hasattr(module, "with_data"):
+        return module.with_data(config, data)
+    return dataclasses.replace(config, data=str(data))
 
 
 def config_from_dict(config_cls: type, data: dict[str, Any]):
@@ -74,12 +155,17 @@ def config_from_dict(config_cls: type, data: dict[str, Any]):
 class LoadedRun:
     recipe: str
     config: Any
-    generators: dict[str, Any]  # name -> nn.Module in eval mode (EMA weights when available)
+    nets: dict[str, Any]  # name -> inference net in eval mode (EMA weights when available)
     step: int
     wall_time_s: float
     hardware: str
     checkpoint: Path
     used_ema: bool
+
+    @property
+    def generators(self) -> dict[str, Any]:
+        """The inference nets (the older name: most of them are generators)."""
+        return self.nets
 
 
 def find_checkpoint(run: str | Path) -> Path:
@@ -96,7 +182,7 @@ def find_checkpoint(run: str | Path) -> Path:
 
 
 def load_run(run: str | Path, ema: bool = True, map_location: str = "cpu") -> LoadedRun:
-    """Rebuild a run's exportable generators from its checkpoint (EMA weights when asked and present)."""
+    """Rebuild a run's inference nets from its checkpoint (EMA weights when asked and present)."""
     import torch
 
     ckpt_path = find_checkpoint(run)
@@ -104,7 +190,7 @@ def load_run(run: str | Path, ema: bool = True, map_location: str = "cpu") -> Lo
     name = ckpt["recipe"]
     mod = recipe_module(name)
     config = config_from_dict(mod.Config, ckpt["config"])
-    gens = mod.build_generators(config)
+    gens = build_inference_nets(mod, config)
     source = ckpt.get("ema") if ema and ckpt.get("ema") else ckpt["nets"]
     used_ema = source is ckpt.get("ema")
     for key, net in gens.items():
@@ -114,7 +200,7 @@ def load_run(run: str | Path, ema: bool = True, map_location: str = "cpu") -> Lo
     return LoadedRun(
         recipe=name,
         config=config,
-        generators=gens,
+        nets=gens,
         step=int(ckpt.get("step", 0)),
         wall_time_s=float(ckpt.get("wall_time_s", 0.0)),
         hardware=str(ckpt.get("hardware", "unknown")),
@@ -163,7 +249,7 @@ def load_run_from_card(
     return LoadedRun(
         recipe=saved.get("recipe", card.method),
         config=config,
-        generators={name: net},
+        nets={name: net},
         step=int(card.training.steps or 0),
         wall_time_s=float(card.training.wall_time_s or 0.0),
         hardware=str(card.training.hardware or "unknown"),
@@ -177,7 +263,7 @@ def net_from_card(card) -> tuple[Any, str, Any]:
     saved = card.training.recipe_config
     mod = recipe_module(saved.get("recipe", card.method))
     config = config_from_dict(mod.Config, saved.get("config", saved))
-    nets = mod.build_generators(config)
+    nets = build_inference_nets(mod, config)
     name = saved.get("net") if saved.get("net") in nets else next(iter(nets))
     return config, name, nets[name].float()
 

@@ -1,7 +1,7 @@
 """Class-conditional GAN: DCGAN-style generator + projection discriminator (`transfigure train cgan`).
 
-Reads top to bottom: the configuration, the nets, the data, one training step, the sample grid.
-The recipe is the SN-GAN/SAGAN line for small conditional image sets:
+Reads top to bottom: the configuration, the nets, the data, one training step, the sample grid,
+evaluation and export. The recipe is the SN-GAN/SAGAN line for small conditional image sets:
 
 * **projection discriminator** with spectral norm (why not AC-GAN: see
   ``training/networks/conditional.py``), **hinge loss** by default (any loss of
@@ -13,22 +13,21 @@ The recipe is the SN-GAN/SAGAN line for small conditional image sets:
   grid shows and what gets exported;
 * optional minibatch standard deviation feature in D (``--minibatch-std``) against mode collapse;
 * **DiffAugment** (``--diffaug translation,cutout``; Zhao et al., 2020): the same random,
-  differentiable transforms on real and fake images whenever D sees them. Quick, Draw! gives 2,700
-  training drawings per class; without it D memorised them within ~1k steps (hinge loss ~0.1) and
-  G collapsed to one drawing per class;
+  differentiable transforms on real and fake images whenever D sees them. On a few thousand
+  training images per class D otherwise memorises them and G collapses to one image per class;
 * **mode seeking** (``--mode-seeking``; Mao et al., CVPR 2019): the G step also draws a second
   noise for every label and adds ``w / (mean|G(z1,y) - G(z2,y)| / mean|z1 - z2|)``, penalising a
-  generator whose images stop changing with z. Without it, the class signal (conditional BN at
-  every layer) won and G drew one near-identical drawing per class (pixel std across z ~0.05,
-  real drawings of one class 0.46) even when the judge recognised them;
+  generator whose images stop changing with z (with conditional BN at every layer, the class
+  signal can otherwise drown the noise: one near-identical image per class);
 * the EMA generator's batch-norm statistics are recomputed for the averaged weights before it is
-  sampled or saved (:func:`training.loop.recalibrate_batch_norm`): the live net's statistics,
-  copied over, do not fit them and washed the exported samples out to grey.
+  sampled or saved (:func:`training.loop.recalibrate_batch_norm`): the live net's statistics do
+  not fit the averaged weights.
 
 Data: a folder of Quick, Draw! ``.npy`` files, MNIST/Fashion-MNIST idx files or one sub-folder per
 class (``training/data/labelled.py``); the train split is all but the last ``--test-fraction`` of
 each class. The class names are saved in the config (hence the checkpoint and the card).
-Sample grid: one row per class, the same noise in every column.
+Sample grid: one row per class, the same noise in every column. Evaluation asks a judge (a
+``train classifier`` run on the same data, ``--judge``) about the samples.
 
 Exported net ``G``: ``(z: N x latent_dim float32, label: N int64) -> N x C x S x S`` in [-1, 1].
 """
@@ -36,26 +35,29 @@ Exported net ``G``: ``(z: N x latent_dim float32, label: N int64) -> N x C x S x
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from training.data.labelled import LabelledImages, describe_dataset, load_split
+from training.data.labelled import (  # noqa: F401 - resolve_data_fields: also this module's API
+    LabelledImages,
+    describe_dataset,
+    load_split,
+    load_train_set,
+    resolve_data_fields,
+)
 from training.diffaug import POLICIES, diff_augment, parse_policy
 from training.loop import (
     ConfigError,
     Runtime,
     TrainConfig,
     add_config_arguments,
-    config_from_args,
+    cli_train,
     data_stream,
     image_grid,
     recalibrate_batch_norm,
     to_device,
-    train,
 )
 from training.losses import GAN_LOSSES, GANLoss, gradient_penalty
 from training.networks.conditional import OUTPUT_SIZES, ConditionalGenerator, ProjectionDiscriminator
@@ -142,7 +144,8 @@ def _num_classes(config: Config) -> int:
     return len(config.classes)
 
 
-def build_generators(config: Config) -> dict[str, torch.nn.Module]:
+def build_inference_nets(config: Config) -> dict[str, torch.nn.Module]:
+    """The class-conditional generator."""
     g = ConditionalGenerator(
         _num_classes(config),
         latent_dim=config.latent_dim,
@@ -152,6 +155,9 @@ def build_generators(config: Config) -> dict[str, torch.nn.Module]:
         embed_dim=config.embed_dim,
     )
     return {"G": g}
+
+
+build_generators = build_inference_nets
 
 
 def build_discriminator(config: Config) -> ProjectionDiscriminator:
@@ -185,38 +191,6 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
             else {},
         )
     }
-
-
-# ------------------------------------------------------------------------------------------------
-# data
-# ------------------------------------------------------------------------------------------------
-def resolve_data_fields(config: Any) -> Any:
-    """Fill ``classes`` and ``channels`` from ``--data`` (they become part of the saved config, so
-    the checkpoint can rebuild the nets). Shared with the classifier recipe."""
-    if not config.data:
-        return config
-    try:
-        data = load_split(
-            config.data, "train", config.test_fraction, config.classes or None, config.image_size,
-            config.channels or None,
-        )  # fmt: skip
-    except ValueError as e:  # a wrong --classes or an unreadable file: the user can fix it
-        raise ConfigError(f"{config.data}: {e}") from None
-    return dataclasses.replace(config, classes=tuple(data.classes), channels=int(data.images.shape[1]))
-
-
-def load_train_set(config: Any) -> LabelledImages:
-    """The train split of ``config.data``, checked against the classes the run was started with."""
-    if not config.data:
-        raise ConfigError("no training data: pass --data FOLDER (see --help for the formats)")
-    data = load_split(
-        config.data, "train", config.test_fraction, list(config.classes), config.image_size, config.channels
-    )
-    if data.images.shape[1] != config.channels:
-        raise ConfigError(
-            f"{config.data}: images have {data.images.shape[1]} channels, the run has {config.channels}"
-        )
-    return LabelledImages(data, config.image_size)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,23 +303,49 @@ class CGANRecipe:
 
 
 # ------------------------------------------------------------------------------------------------
+# evaluation and export
+# ------------------------------------------------------------------------------------------------
+def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
+    """The samples as the judge (``--judge``, a classifier run on the same data) sees them, against
+    the test split (see :func:`training.evaluate.evaluate_samples`)."""
+    from training.evaluate import evaluate_samples
+    from training.recipes.classifier import load_judge
+
+    if not judge:
+        raise ValueError(
+            "cgan evaluation needs a judge: --judge RUN of `transfigure train classifier` on the same data"
+        )
+    judge_net, jcfg = load_judge(judge)
+    cfg = run.config
+    classes = list(cfg.classes)
+    if list(jcfg.classes) != classes:
+        raise ValueError(f"the judge was trained on classes {list(jcfg.classes)}, the cGAN on {classes}")
+    test = LabelledImages(
+        load_split(cfg.data, "test", cfg.test_fraction, classes, cfg.image_size, cfg.channels), cfg.image_size
+    )
+    real = (test.images, test.labels.numpy())
+    evaluate_samples(run, report, options, real, judge_net, jcfg.image_size, f"classifier run {judge}")
+    return cfg.data
+
+
+def export_io(run, net: str, spec: ExportSpec, options):
+    """Grid and calibration from seeded noise; the INT8 metric asks the ``--judge`` classifier."""
+    from training.export import sample_export_io
+    from training.recipes.classifier import load_judge
+
+    def judge():
+        judge_net, jcfg = load_judge(options.judge)
+        return judge_net, jcfg.image_size
+
+    return sample_export_io(run.nets[net], spec, judge if options.judge else None, options)
+
+
+# ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, Config)
 
 
-def run_labelled(name: str, config_cls: type, build: Any, args: argparse.Namespace) -> int:
-    """``run`` of the recipes on labelled data: config from the command line, classes and channels
-    from the data, then the loop. Mistakes the user can fix print one line, not a traceback."""
-    try:
-        cfg, explicit = config_from_args(config_cls, args)
-        cfg = resolve_data_fields(cfg)  # not "explicit": on --resume the saved values win
-        return train(name, cfg, build, explicit)
-    except (ConfigError, FileExistsError, FileNotFoundError) as e:
-        print(f"transfigure train {name}: error: {e}", file=sys.stderr)
-        return 2
-
-
 def run(args: argparse.Namespace) -> int:
-    return run_labelled(NAME, Config, CGANRecipe, args)
+    return cli_train(NAME, Config, CGANRecipe, args, prepare=resolve_data_fields)

@@ -4,8 +4,8 @@ A small CNN trained on the same labelled data and split as the cGAN (``training/
 It is not a product: it is the *judge* that evaluation uses to ask "does a sample of class y look
 like class y?" (:func:`judge_samples`). It trains with the shared loop, so its run folder has the
 usual ``checkpoints/last.pt`` with the net under ``nets["C"]``; ``training.recipes.load_run``
-rebuilds it (``build_generators`` returns ``{"C": net}``). It is never exported to the zoo, so
-``export_specs`` returns ``{}``.
+rebuilds it (``build_inference_nets`` returns ``{"C": net}``). It is never exported to the zoo, so
+``export_specs`` returns ``{}``, and it has no ``evaluate``: it prints its own test accuracy.
 
 Training: AdamW, cross-entropy, random shifts of up to ``--shift`` px (drawings and digits keep
 their meaning when moved, unlike when flipped), learning rate constant then decaying linearly to 0.
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.data.labelled import LabelledImages, load_split
+from training.data.labelled import LabelledImages, load_split, load_train_set, resolve_data_fields
 from training.diffaug import translate
 from training.distributed import is_main_process
 from training.loop import (
@@ -33,6 +33,7 @@ from training.loop import (
     Runtime,
     TrainConfig,
     add_config_arguments,
+    cli_train,
     data_stream,
     image_grid,
     linear_decay_schedule,
@@ -40,7 +41,6 @@ from training.loop import (
 )
 from training.networks.conditional import OUTPUT_SIZES, SampleClassifier
 from training.recipes import ExportSpec
-from training.recipes.cgan import load_train_set, run_labelled
 
 NAME = "classifier"
 GRID_PER_CLASS = 8
@@ -74,7 +74,7 @@ class Config(TrainConfig):
     sample_every: int = field(default=500, metadata={"help": "test accuracy + image grid every N steps"})
 
 
-def build_generators(config: Config) -> dict[str, nn.Module]:
+def build_inference_nets(config: Config) -> dict[str, nn.Module]:
     if not config.classes or config.channels not in (1, 3):
         raise ConfigError("the config names no classes/channels; they are filled in from --data at training")
     return {"C": SampleClassifier(len(config.classes), config.channels, config.width, config.dropout)}
@@ -181,7 +181,7 @@ class ClassifierRecipe:
     def __init__(self, cfg: Config, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
         self.dataset = load_train_set(cfg)
-        self.C = build_generators(cfg)["C"].to(rt.device)
+        self.C = build_inference_nets(cfg)["C"].to(rt.device)
         self.nets = {"C": self.C}
         self.generators = ("C",)
         opt = torch.optim.AdamW(self.C.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    code = run_labelled(NAME, Config, ClassifierRecipe, args)
+    code = cli_train(NAME, Config, ClassifierRecipe, args, prepare=resolve_data_fields)
     if code == 0 and is_main_process():
         out = Path(getattr(args, "out", "") or Path("runs") / NAME)
         net, saved = load_judge(out)

@@ -43,6 +43,7 @@ from training.recipes import ExportSpec
 
 NAME = "cyclegan"
 GENERATORS = ("resnet", "guided")
+TRANSLATE_NETS = ("G_AB", "G_BA")
 
 
 @dataclass
@@ -143,7 +144,9 @@ class Config(TrainConfig):
             raise ConfigError("give both --a-dir and --b-dir, or neither")
 
 
-def build_generators(config: Config) -> dict[str, nn.Module]:
+def build_inference_nets(config: Config) -> dict[str, nn.Module]:
+    """The two generators, A -> B and B -> A."""
+
     def gen() -> nn.Module:
         if config.generator == "guided":
             return GuidedTranslator(
@@ -160,6 +163,9 @@ def build_generators(config: Config) -> dict[str, nn.Module]:
         )
 
     return {"G_AB": gen(), "G_BA": gen()}
+
+
+build_generators = build_inference_nets
 
 
 def build_discriminators(config: Config) -> dict[str, nn.Module]:
@@ -231,6 +237,70 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
         "G_AB": ExportSpec(description=f"CycleGAN generator {a} -> {b}", **common),
         "G_BA": ExportSpec(description=f"CycleGAN generator {b} -> {a}", **common),
     }
+
+
+# -- evaluation and export -------------------------------------------------------------------------
+def translation_images(config: Config, net: str):
+    """The test images of ``net`` (G_AB or G_BA) and the training images of both domains for the
+    domain judge (a :class:`training.evaluate.TranslationImages`)."""
+    from training.evaluate import ImageRef, TranslationImages
+
+    cfg = config
+    a_name, b_name = domain_names(cfg)
+
+    def files(phase: str) -> tuple[list[ImageRef], list[ImageRef]]:
+        a, b = resolve_unpaired_files(cfg.data or None, phase, cfg.a_dir or None, cfg.b_dir or None,
+                                      cfg.holdout_every)  # fmt: skip
+        return [ImageRef(f) for f in a], [ImageRef(f) for f in b]
+
+    test, train = dict(zip("AB", files("test"), strict=True)), files("train")
+    src, dst = ("A", "B") if net == "G_AB" else ("B", "A")
+    if cfg.a_dir:
+        dirs = {"A": cfg.a_dir, "B": cfg.b_dir}
+        split = (f"held-out {src} -> {dst}: every {cfg.holdout_every}th file of {Path(dirs[src]).name} "
+                 f"-> of {Path(dirs[dst]).name}")  # fmt: skip
+    else:
+        split = f"test{src} -> test{dst} of {Path(cfg.data).name}"
+    names = {"A": a_name, "B": b_name}
+    return TranslationImages(
+        inputs=[(r,) for r in test[src]], targets=test[dst], judge_a=train[0], judge_b=train[1],
+        target_domain=dst, tag=f"{names[src]}2{names[dst]}", split=split,
+    )  # fmt: skip
+
+
+def translation_data(config: Config, net: str):
+    """Float batches at the training crop size of ``net``'s test inputs/targets and training inputs
+    (a :class:`training.evaluate.TranslationData`, for export's grid and INT8)."""
+    from training.evaluate import TranslationData, image_file_batches
+
+    cfg, crop = config, config.crop_size
+
+    def files(phase: str) -> tuple[list[Path], list[Path]]:
+        return resolve_unpaired_files(cfg.data or None, phase, cfg.a_dir or None, cfg.b_dir or None,
+                                      cfg.holdout_every)  # fmt: skip
+
+    (test_a, test_b), (train_a, train_b) = files("test"), files("train")
+    src, dst, train_src = (test_a, test_b, train_a) if net == "G_AB" else (test_b, test_a, train_b)
+    return TranslationData(
+        test_inputs=lambda limit, bs: ((x,) for x in image_file_batches(src, crop, bs, limit)),
+        test_targets=lambda limit, bs: image_file_batches(dst, crop, bs, limit),
+        train_inputs=lambda limit, bs: image_file_batches(train_src, crop, bs, limit),
+        split="testA -> testB" if net == "G_AB" else "testB -> testA",
+    )
+
+
+def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
+    """Both directions, each image at its own size (see :mod:`training.evaluate`)."""
+    from training.evaluate import evaluate_run_translation
+
+    evaluate_run_translation(run, report, options, TRANSLATE_NETS, translation_images)
+    return run.config.data
+
+
+def export_io(run, net: str, spec: ExportSpec, options):
+    from training.export import translation_export_io
+
+    return translation_export_io(run.nets[net], spec, translation_data(run.config, net), options)
 
 
 def _requires_grad(nets: list[nn.Module], flag: bool) -> None:

@@ -40,6 +40,7 @@ from training.networks import NORMS, PatchDiscriminator, UnetGenerator
 from training.recipes import ExportSpec
 
 NAME = "pix2pix"
+TRANSLATE_NETS = ("G",)
 MAX_DOWNS = 8  # U-Net 256: a 1x1 bottleneck at 256 px
 
 
@@ -106,8 +107,12 @@ def unet_depth(config: Config) -> int:
     return max(2, min(MAX_DOWNS, int(math.log2(config.crop_size))))
 
 
-def build_generators(config: Config) -> dict[str, nn.Module]:
+def build_inference_nets(config: Config) -> dict[str, nn.Module]:
+    """The U-Net generator."""
     return {"G": UnetGenerator(3, 3, unet_depth(config), config.ngf, config.norm, config.dropout)}
+
+
+build_generators = build_inference_nets
 
 
 def build_discriminator(config: Config) -> nn.Module:
@@ -161,6 +166,70 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
             dataset=dataset_info(config),
         )
     }
+
+
+# -- evaluation and export -------------------------------------------------------------------------
+def translation_images(config: Config, net: str = "G"):
+    """The test pairs (input, ground truth) in ``direction`` and the training pairs' halves for the
+    domain judge (a :class:`training.evaluate.TranslationImages`)."""
+    from training.evaluate import ImageRef, TranslationImages
+
+    cfg = config
+
+    def pairs(phase: str) -> list[tuple[ImageRef, ImageRef]]:
+        out = []
+        for first, second in resolve_paired_files(cfg.data, phase):
+            a, b = (ImageRef(first, "left"), ImageRef(first, "right")) if second is None else (
+                ImageRef(first), ImageRef(second))  # fmt: skip
+            out.append((b, a) if cfg.direction == "BtoA" else (a, b))
+        return out
+
+    test, train = pairs(cfg.test_phase), pairs(cfg.train_phase)
+    src, dst = cfg.direction.split("to")
+    return TranslationImages(
+        inputs=test, targets=[b for _, b in test], judge_a=[a for a, _ in train],
+        judge_b=[b for _, b in train], target_domain="B", tag=f"{src}2{dst}",
+        split=f"{cfg.test_phase}/ {src} -> {dst} of {Path(cfg.data).name}",
+    )  # fmt: skip
+
+
+def translation_data(config: Config, net: str = "G"):
+    """Float batches at the training crop size of the test pairs and training inputs (a
+    :class:`training.evaluate.TranslationData`, for export's grid and INT8)."""
+    from training.evaluate import TranslationData, dataset_batches
+
+    cfg = config
+
+    def paired(phase: str):
+        return PairedImageFolder(
+            cfg.data, phase=phase, direction=cfg.direction, crop_size=cfg.crop_size, train=False
+        )
+
+    return TranslationData(
+        test_inputs=lambda limit, bs: dataset_batches(paired(cfg.test_phase), ("A", "B"), bs, limit),
+        test_targets=lambda limit, bs: (
+            b for (b,) in dataset_batches(paired(cfg.test_phase), ("B",), bs, limit)
+        ),
+        train_inputs=lambda limit, bs: (
+            a for (a,) in dataset_batches(paired(cfg.train_phase), ("A",), bs, limit)
+        ),
+        split=f"{cfg.test_phase}/ {cfg.direction}",
+    )
+
+
+def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
+    """The generator against the paired ground truth, each image at its own size (see
+    :mod:`training.evaluate`)."""
+    from training.evaluate import evaluate_run_translation
+
+    evaluate_run_translation(run, report, options, TRANSLATE_NETS, translation_images)
+    return run.config.data
+
+
+def export_io(run, net: str, spec: ExportSpec, options):
+    from training.export import translation_export_io
+
+    return translation_export_io(run.nets[net], spec, translation_data(run.config, net), options)
 
 
 class Pix2Pix:

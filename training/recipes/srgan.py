@@ -107,8 +107,12 @@ class Config(TrainConfig):
 # ------------------------------------------------------------------------------------------------
 # nets
 # ------------------------------------------------------------------------------------------------
-def build_generators(config: Config) -> dict[str, nn.Module]:
+def build_inference_nets(config: Config) -> dict[str, nn.Module]:
+    """The upscaler."""
     return {"G": CompactSRNet(config.scale, num_feat=config.num_feat, num_conv=config.num_conv)}
+
+
+build_generators = build_inference_nets
 
 
 def export_specs(config: Config) -> dict[str, ExportSpec]:
@@ -135,6 +139,33 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
             dataset={**provenance(config.data).as_dict(), "split_sizes": sizes} if config.data else {},
         )
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation and export
+# ------------------------------------------------------------------------------------------------
+def with_data(config: Config, data: str) -> Config:
+    """Evaluate's and export's ``--data`` names HR test images (e.g. Set5), not the training data."""
+    return config
+
+
+def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
+    """PSNR/SSIM against bicubic on the HR test images of ``--data`` (default: the run's ``--val-data``)."""
+    from training.evaluate import evaluate_upscale
+
+    hr_dir = data or run.config.val_data
+    if not hr_dir:
+        raise ValueError("srgan: pass --data DIR, a folder of HR test images (e.g. shared/data/Set5)")
+    evaluate_upscale(run, report, options, hr_dir, export_specs(run.config)["G"])
+    return data or ""
+
+
+def export_io(run, net: str, spec: ExportSpec, options):
+    """Grid and INT8 PSNR on ``--data`` (default: ``--val-data``), calibration on the training images."""
+    from training.export import upscale_export_io
+
+    hr_dir = options.data or run.config.val_data
+    return upscale_export_io(run.nets[net], spec, hr_dir, run.config.data, options)
 
 
 def load_init(net: nn.Module, init: str | Path, config: Config) -> None:
