@@ -19,7 +19,6 @@ state (``rank_rng``, ``rank_extra``).
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.config import config_from_dict  # noqa: F401  (rebuilds a saved config; reads former names)
 
 RECIPE_MODULES = {
     "cyclegan": "training.recipes.cyclegan",
@@ -61,13 +62,6 @@ def recipe_module(name: str):
     if name not in RECIPE_MODULES:
         raise ValueError(f"unknown recipe '{name}': choose one of {', '.join(sorted(RECIPE_MODULES))}")
     return importlib.import_module(RECIPE_MODULES[name])
-
-
-def config_from_dict(config_cls: type, data: dict[str, Any]):
-    """Rebuild a recipe Config, ignoring keys that a newer/older version of the recipe lacks."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
-    return config_cls(**kwargs)
 
 
 @dataclass
