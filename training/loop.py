@@ -410,7 +410,7 @@ class Recipe(Protocol):
     schedulers: dict[str, Any]  # stepped by the loop after every train_step
 
     def batches(self, start_step: int) -> Iterator[Any]:
-        """Endless batches, starting with the batch of ``start_step`` (use :func:`data_stream`)."""
+        """Endless batches, starting with the batch of ``start_step`` (use :func:`batch_stream`)."""
         ...
 
     def train_step(self, batch: Any, step: int) -> dict[str, float | Tensor]:

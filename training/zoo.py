@@ -243,7 +243,8 @@ class TrainRun:
             want = os.fspath(value) if isinstance(value, os.PathLike) else value
             if getattr(config, name) != (tuple(want) if isinstance(want, list) else want):
                 raise ConfigError(
-                    f"{self.recipe} --{name}: asked for {value!r}, the command gives {getattr(config, name)!r}"
+                    f"{self.recipe} --{name.replace('_', '-')}: asked for {value!r}, "
+                    f"the command gives {getattr(config, name)!r}"
                 )
         return config
 
@@ -314,7 +315,7 @@ class Job:
     evaluate_exported: bool = False
 
     def export_args(self, with_eval: bool = True) -> list[str]:
-        """``export`` args plus ``--notes`` with the bar verdict when the evaluation exists
+        """The ``export`` command, with ``--notes`` holding the bar verdict when the evaluation exists
         (``with_eval=False``: without ``--eval``, the first export of an ``evaluate_exported`` job)."""
         notes = None
         if with_eval and self.bar is not None and self.export.eval is not None and self.export.eval.is_file():
