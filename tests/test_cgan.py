@@ -263,7 +263,7 @@ def test_other_losses_and_label_smoothing_take_steps(tmp_path: Path, loss: str) 
     from training.loop import Runtime
     from training.recipes import cgan
 
-    cfg = _tiny_config(tmp_path, loss=loss, label_smoothing=0.1 if loss == "vanilla" else 0.0)
+    cfg = _tiny_config(tmp_path, gan_loss=loss, real_label=0.9 if loss == "vanilla" else 1.0)
     recipe = cgan.CGANRecipe(cfg, Runtime.create("cpu", "fp32"))
     before = [p.detach().clone() for p in recipe.G.parameters()]
     metrics = recipe.train_step(next(recipe.batches(0)), 0)

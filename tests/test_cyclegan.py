@@ -37,8 +37,23 @@ def test_one_step_trains_all_four_nets(fixtures_dir: Path, small_torch) -> None:
     for name, net in recipe.nets.items():
         assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)), name
     assert len(recipe.pool_A) == len(recipe.pool_B) == 1
-    grid = recipe.sample_images({k: recipe.nets[k] for k in recipe.generators}, 1)
-    assert grid.dim() == 3 and grid.min() >= 0.0 and grid.max() <= 1.0
+    # the sample grid's rows are A, G_AB(A), G_BA(G_AB(A)), B, ... as the generators compute them
+    gens = {k: recipe.nets[k].eval() for k in recipe.generators}
+    grid = recipe.sample_images(gens, 1)
+    a, _ = recipe.held_out.images()
+    with torch.no_grad():
+        fake_b = gens["G_AB"](a)
+    assert fake_b.min() >= -1.0 and fake_b.max() <= 1.0  # the generator's own range (tanh), unclamped
+    assert (fake_b - a).abs().mean() > 1e-3  # a trained step: not the identity
+    assert grid.shape == (3, 6 * 34 + 2, len(a) * 34 + 2)
+    torch.testing.assert_close(_tile(grid, 0, 0), (a[0] + 1) / 2)
+    torch.testing.assert_close(_tile(grid, 1, 0), (fake_b[0] + 1) / 2, atol=1e-5, rtol=0)
+
+
+def _tile(grid: torch.Tensor, row: int, col: int, size: int = 32, pad: int = 2) -> torch.Tensor:
+    """The image at (row, col) of a torchvision grid of size x size images."""
+    y, x = pad + row * (size + pad), pad + col * (size + pad)
+    return grid[:, y : y + size, x : x + size]
 
 
 def test_resume_equals_straight_run(fixtures_dir: Path, tmp_path: Path, small_torch) -> None:
@@ -95,8 +110,9 @@ def test_monet_layout_holds_out_test_images(fixtures_dir: Path, tmp_path: Path, 
     cfg = tiny(fixtures_dir, tmp_path, data=str(fixtures_dir / "monet"), a_dir="photo_jpg", b_dir="monet_jpg")
     cfg = dataclasses.replace(cfg, holdout_every=3)
     recipe = CycleGAN(cfg, Runtime.create("cpu", "fp32"))
-    test_a, _ = recipe._fixed_images()
-    assert len(recipe.dataset.files_a) == 2 and test_a.shape[0] == 1
+    grid = recipe.sample_images({k: recipe.nets[k].eval() for k in recipe.generators}, 0)
+    # 2 training images per domain; the sample grid shows the one held-out image: one column
+    assert len(recipe.dataset.files_a) == 2 and grid.shape[-1] == 32 + 2 * 2
     info = export_specs(cfg)["G_AB"].dataset
     assert info["split_sizes"] == {"trainA": 2, "trainB": 2, "testA": 1, "testB": 1}
     assert export_specs(cfg)["G_AB"].description.endswith("photo_jpg -> monet_jpg")

@@ -32,8 +32,24 @@ def test_one_step(fixtures_dir: Path, small_torch) -> None:
     assert set(metrics) == {"G_gan", "G_L1", "D"} and all(torch.isfinite(v) for v in metrics.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, recipe.nets["G"].parameters(), strict=True))
     assert all(p.requires_grad for p in recipe.nets["D"].parameters())  # re-enabled after the G step
-    grid = recipe.sample_images({"G": recipe.nets["G"]}, 1)
-    assert grid.shape[0] == 3 and grid.min() >= 0 and grid.max() <= 1
+    # the sample grid's rows are input, output, target, as the generator computes them
+    g = recipe.nets["G"].eval()  # no dropout: the output is deterministic
+    grid = recipe.sample_images({"G": g}, 1)
+    a, b = recipe.held_out.images()
+    with torch.no_grad():
+        out = g(a)
+    assert out.min() >= -1.0 and out.max() <= 1.0  # the generator's own range (tanh), unclamped
+    assert (out - a).abs().mean() > 1e-2 and (out - b).abs().mean() > 1e-2  # neither input nor target
+    assert grid.shape == (3, 3 * 34 + 2, len(a) * 34 + 2)
+    torch.testing.assert_close(_tile(grid, 0, 0), (a[0] + 1) / 2)
+    torch.testing.assert_close(_tile(grid, 1, 0), (out[0] + 1) / 2, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_tile(grid, 2, 0), (b[0] + 1) / 2)
+
+
+def _tile(grid: torch.Tensor, row: int, col: int, size: int = 32, pad: int = 2) -> torch.Tensor:
+    """The image at (row, col) of a torchvision grid of size x size images."""
+    y, x = pad + row * (size + pad), pad + col * (size + pad)
+    return grid[:, y : y + size, x : x + size]
 
 
 def test_overfits_two_pairs(fixtures_dir: Path, tmp_path: Path, small_torch) -> None:

@@ -1,13 +1,21 @@
-"""The zoo script: its commands are well formed and its quality-bar verdicts follow the numbers."""
+"""The zoo script: its commands are valid for their recipes and commands, run in dependency order, and its
+quality-bar verdicts follow the numbers."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 
+from models import zoo_dir
 from training import export, zoo
+from training.cli import COMMANDS
+from training.config import ConfigError
+from training.recipes import recipe_module
 
 
 def _eval_json(tmp_path: Path, metrics: dict[str, float], net: str = "G") -> Path:
@@ -74,31 +82,99 @@ def test_cgan_bar_is_per_class(tmp_path) -> None:
 
 
 def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path) -> None:
-    jobs = {j.name: j for j in zoo.jobs(tmp_path / "data", tmp_path / "runs")}
-    assert set(jobs) == {"quickdraw_cgan", "sr_x4", "sr_x4_gan", "summer2winter", "winter2summer",
-                         "photo2monet", "facades_label2photo"}  # fmt: skip
-    job = jobs["sr_x4"]
+    job = next(
+        j for j in zoo.jobs(tmp_path / "data", tmp_path / "runs") if j.bar is not None and j.export.eval
+    )
     assert "--quality-bar" not in job.export_args()
-    eval_path = Path(job.export[job.export.index("--eval") + 1])
-    eval_path.parent.mkdir(parents=True)
-    eval_path.write_text(json.dumps({"metrics": [
-        {"name": "psnr_y_x4", "value": 31.0, "split": "Set5", "protocol": "p", "command": "c", "net": "G"}]}))  # fmt: skip
+    job.export.eval.parent.mkdir(parents=True)
+    job.export.eval.write_text(json.dumps({"metrics": []}))
     args = job.export_args()
     assert args[-2] == "--quality-bar" and "--notes" not in args
     verdict = export.quality_bar_from_json(args[-1])  # what `transfigure export` reads
-    assert verdict.met and verdict.criteria[0].value == 31.0
+    assert not verdict.met and all(c.value is None for c in verdict.criteria)  # nothing was measured
+    assert "--quality-bar" not in job.export_args(with_eval=False) and "--eval" not in job.export_args(
+        with_eval=False
+    )
 
 
-def test_dry_run_prints_every_command(capsys, tmp_path) -> None:
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """``argv`` (``train RECIPE ...``, ``evaluate ...`` or ``export ...``) parsed as transfigure parses it."""
+    if argv[0] == "train":
+        module, rest = recipe_module(argv[1]), argv[2:]
+    else:
+        module, rest = importlib.import_module(COMMANDS[argv[0]][0]), argv[1:]
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    module.add_arguments(parser)
+    return parser.parse_args(rest)
+
+
+def test_every_zoo_command_is_valid_for_its_recipe_and_command(tmp_path) -> None:
+    """Each training run is a valid Config of its recipe (checked without training), and each
+    evaluate/export command parses; exports and evaluations read runs that the job or a job it
+    needs trains."""
+    all_jobs = {j.name: j for j in zoo.jobs(tmp_path / "data", tmp_path / "runs")}
+    for job in all_jobs.values():
+        for run in job.train:
+            config = run.check()
+            assert type(config) is recipe_module(run.recipe).Config and config.out == str(run.out)
+        trained = {r.out for name in [job.name, *job.needs] for r in all_jobs[name].train}
+        export = _parse(job.export_args())
+        assert Path(export.run) in trained and export.name == job.name
+        if job.evaluate is not None:
+            paths = [Path(p) for p in _parse(job.evaluate.argv()).run]
+            # a job evaluates its runs, or (evaluate_exported) the model folders it exports
+            assert all(p in trained or (job.evaluate_exported and p.parent == zoo_dir()) for p in paths)
+        assert all(n in all_jobs for n in job.needs)
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ({"ngf_width": 32}, "no field 'ngf_width'"),  # unknown field
+        ({"ngf": "32"}, "--ngf: expected"),  # wrong type (the command line would turn it into 32)
+        ({"ngf": 32.5}, "--ngf: expected"),
+        ({"detail": 1}, "--detail: expected"),
+        ({"norm": "group"}, "unknown norm 'group'"),  # invalid choice
+        ({"gan_loss": "least-squares"}, "unknown gan loss"),
+        ({"gan_loss": "non-saturating"}, "asked for 'non-saturating'"),  # an alias: the config says vanilla
+        ({"generator": "guided", "low_size": 30}, "low-size"),  # the recipe's own validation
+    ],
+)
+def test_the_zoo_check_refuses_what_training_would(tmp_path, config, error) -> None:
+    run = zoo.TrainRun("cyclegan", tmp_path / "run", config)
+    with pytest.raises(ConfigError, match=error):
+        run.check()
+    assert not (tmp_path / "run").exists()  # checked, not trained
+
+
+def test_dry_run_prints_each_jobs_commands_after_the_jobs_it_needs(capsys, tmp_path) -> None:
     assert zoo.main(["--dry-run", "--runs", str(tmp_path), "--data-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert out.count("$ transfigure train") == 7  # classifier, cgan, sr psnr, sr gan, 2 cyclegan, pix2pix
-    # the translators are exported, evaluated as shipped, then exported again with their metrics
-    assert out.count("$ transfigure export") == 10
-    s2w = out[out.index("== summer2winter") : out.index("== winter2summer")]
-    steps = [line.split()[2] for line in s2w.splitlines() if line.startswith("$ transfigure")]
-    assert steps == ["train", "export", "export", "evaluate", "export"]
-    assert "--eval" not in s2w.splitlines()[2] and "--eval" in s2w.splitlines()[-1]
+    sections = {}
+    for block in out.split("== ")[1:]:
+        name, *lines = block.strip().splitlines()
+        sections[name] = [shlex.split(line.removeprefix("$ transfigure ")) for line in lines]
+    all_jobs = {j.name: j for j in zoo.jobs(tmp_path, tmp_path)}
+    assert list(sections) == [name for name in all_jobs if name in sections] and set(sections) == set(
+        all_jobs
+    )
+    order = list(sections)
+    for name, commands in sections.items():
+        job = all_jobs[name]
+        assert all(order.index(dep) < order.index(name) for dep in job.needs)
+        assert [c for c in commands if c[0] == "train"] == [r.argv() for r in job.train]
+        for argv in commands:
+            _parse(argv)  # every printed command is one transfigure accepts
+        exports = [c for c in commands if c[0] == "export"]
+        assert exports[-1] == job.export_args()  # the last export carries the evaluation
+        if job.evaluate_exported:
+            # export without the metrics (this model and those exported from the same run), evaluate
+            # the exported folders, then export again with the metrics
+            steps = [c[0] for c in commands if c[0] != "train"]
+            assert steps[-2:] == ["evaluate", "export"] and set(steps[:-2]) == {"export"}
+            assert all("--eval" not in c for c in exports[:-1])
+            dependents = {n for n, j in all_jobs.items() if name in j.needs}
+            assert {_parse(c).name for c in exports[:-1]} == {name, *dependents}
 
 
 def test_sr_comparison_grid_runs_both_exported_models(tmp_path) -> None:

@@ -49,11 +49,9 @@ import signal
 import sys
 import threading
 import time
-import types
-import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -61,157 +59,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+# the configuration machinery lives in training.config; recipes and tests also find it here
+from training.config import (  # noqa: F401
+    PRECISIONS,
+    RESUME_OVERRIDABLE,
+    ConfigError,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    merge_resume_config,
+)
+
 if TYPE_CHECKING:
     from training.distributed import Context
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-# Fields a resumed run may change (where the run lives, how long it goes on, how it is logged and on
-# what hardware). Anything else that differs from the saved config would silently start a different
-# experiment, so resuming with it is refused.
-RESUME_OVERRIDABLE = frozenset(
-    {
-        "data",
-        "out",
-        "steps",
-        "resume",
-        "device",
-        "precision",
-        "num_workers",
-        "ckpt_every",
-        "log_every",
-        "sample_every",
-        "keep_checkpoints",
-    }
-)
-
-
-# ------------------------------------------------------------------------------------------------
-# configuration
-# ------------------------------------------------------------------------------------------------
-class ConfigError(ValueError):
-    """A configuration that cannot be trained; the message says what to change."""
-
-
-@dataclass
-class TrainConfig:
-    """Fields every recipe's ``Config`` inherits. Help texts come from ``metadata["help"]``."""
-
-    data: str = field(default="", metadata={"help": "dataset folder"})
-    out: str = field(default="", metadata={"help": "run folder (default: runs/<recipe>)"})
-    steps: int = field(default=10_000, metadata={"help": "total optimisation steps (iterations)"})
-    batch_size: int = field(
-        default=1, metadata={"help": "images per step and process (under torchrun: x the world size)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed for weights, data order and augmentation"})
-    device: str = field(
-        default="auto", metadata={"help": "auto (cuda if available, else cpu), cpu, cuda, cuda:1"}
-    )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "auto (bf16 where the hardware supports it, else fp32), fp32, bf16, fp16 (CUDA only)",
-            "choices": PRECISIONS,
-        },
-    )
-    ckpt_every: int = field(default=1000, metadata={"help": "write a checkpoint every N steps"})
-    log_every: int = field(default=100, metadata={"help": "print and log losses every N steps"})
-    sample_every: int = field(default=1000, metadata={"help": "write a sample grid every N steps (0: never)"})
-    keep_checkpoints: int = field(default=3, metadata={"help": "step_*.pt files to keep (0: keep all)"})
-    ema_decay: float = field(default=0.0, metadata={"help": "EMA of generator weights, e.g. 0.999 (0: off)"})
-    num_workers: int = field(default=2, metadata={"help": "data loading processes (0: in the main process)"})
-    resume: bool = field(
-        default=False, metadata={"help": "continue the run in --out from checkpoints/last.pt"}
-    )
-
-
-def _field_type(config_cls: type, f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(config_cls)[f.name]
-
-
-def _optional_of(tp: Any) -> Any | None:
-    """``int`` for ``int | None`` / ``Optional[int]``; None when ``tp`` is not optional."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return None
-
-
-def _none_or(conv: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        return None if text.lower() in {"none", "null", ""} else conv(text)
-
-    parse.__name__ = getattr(conv, "__name__", "value")
-    return parse
-
-
-def add_config_arguments(
-    parser: argparse.ArgumentParser,
-    config_cls: type,
-    aliases: dict[str, list[str]] | None = None,
-    skip: Iterable[str] = (),
-) -> None:
-    """One ``--kebab-case`` option per dataclass field (plus ``aliases``: field -> extra flags).
-
-    Defaults are not put into ``args`` (argparse.SUPPRESS) so that :func:`config_from_args` knows
-    which options the user actually typed — that is what ``--resume`` may override. The help text
-    shows each field's default, so a reader finds every knob and its value in ``--help``.
-    """
-    aliases = aliases or {}
-    skip = set(skip)
-    for f in dataclasses.fields(config_cls):
-        if f.name in skip:
-            continue
-        tp = _field_type(config_cls, f)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        flags = ["--" + f.name.replace("_", "-"), *aliases.get(f.name, [])]
-        help_ = f.metadata.get("help", "")
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        inner = _optional_of(tp)
-        if tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(tp) is tuple:
-            elem = typing.get_args(tp)[0]
-            kwargs.update(type=elem, nargs="+")
-        elif inner is not None:
-            kwargs["type"] = _none_or(inner)
-            kwargs["metavar"] = inner.__name__.upper()
-        else:
-            kwargs["type"] = tp
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
-        kwargs["help"] = f"{help_} (default: {default!r})".strip() if help_ else f"(default: {default!r})"
-        parser.add_argument(*flags, **kwargs)
-
-
-def config_from_args(config_cls: type, args: argparse.Namespace) -> tuple[Any, set[str]]:
-    """Build ``config_cls`` from parsed args; returns (config, names of the fields given explicitly)."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
-    return config_cls(**given), set(given)
-
-
-def merge_resume_config(saved: Any, requested: Any, explicit: Iterable[str] | None) -> Any:
-    """The config of a resumed run: the saved one, with the explicitly requested changes that are
-    allowed (:data:`RESUME_OVERRIDABLE`). A requested change to anything else raises ValueError."""
-    explicit = {f.name for f in dataclasses.fields(requested)} if explicit is None else set(explicit)
-    changes, refused = {}, []
-    for name in sorted(explicit):
-        new, old = getattr(requested, name), getattr(saved, name, None)
-        if name in RESUME_OVERRIDABLE:
-            changes[name] = new
-        elif new != old:
-            refused.append(f"{name}: run has {old!r}, asked for {new!r}")
-    if refused:
-        raise ConfigError(
-            "cannot resume with a different configuration (" + "; ".join(refused) + "). "
-            "Drop those options to continue the run as it was, or start a new run with another --out."
-        )
-    return dataclasses.replace(saved, **changes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -524,6 +387,14 @@ def data_stream(
     return iter(loader)
 
 
+def batch_stream(dataset: Any, cfg: TrainConfig, rt: Runtime, start_step: int = 0) -> Iterator[Any]:
+    """A recipe's ``batches(start_step)``: :func:`data_stream` over ``dataset`` with the config's batch
+    size, seed and loader processes, into pinned memory when training on CUDA."""
+    return data_stream(
+        dataset, cfg.batch_size, cfg.seed, start_step, cfg.num_workers, pin_memory=rt.device.type == "cuda"
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # the recipe protocol
 # ------------------------------------------------------------------------------------------------
@@ -539,7 +410,7 @@ class Recipe(Protocol):
     schedulers: dict[str, Any]  # stepped by the loop after every train_step
 
     def batches(self, start_step: int) -> Iterator[Any]:
-        """Endless batches, starting with the batch of ``start_step`` (use :func:`data_stream`)."""
+        """Endless batches, starting with the batch of ``start_step`` (use :func:`batch_stream`)."""
         ...
 
     def train_step(self, batch: Any, step: int) -> dict[str, float | Tensor]:
@@ -721,7 +592,7 @@ def _train(
                 f"its world size: resume with {saved_world} process(es) in all (torchrun --nnodes x "
                 "--nproc-per-node), or start a new run with another --out"
             )
-        from training.recipes import config_from_dict
+        from training.config import config_from_dict
 
         saved = config_from_dict(type(cfg), ckpt["config"])
         cfg = merge_resume_config(saved, cfg, explicit)

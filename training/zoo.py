@@ -28,15 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 from models import zoo_dir
 from models.card import BarCriterion, QualityBar
+from training.config import ConfigError, check_value_types, config_from_args, config_to_argv
+from training.recipes import recipe_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,14 +212,100 @@ def write_before_after(model_dir: Path, photos: list[Path], out: Path) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """One ``transfigure train`` command: the recipe, its run folder and the fields of the recipe's
+    ``Config`` that it sets (every other field keeps the recipe's default)."""
+
+    recipe: str  # a name of training.recipes.RECIPE_MODULES
+    out: Path
+    config: dict[str, Any]
+
+    def argv(self) -> list[str]:
+        config_cls = recipe_module(self.recipe).Config
+        return ["train", self.recipe, *config_to_argv(config_cls, {**self.config, "out": self.out})]
+
+    def check(self) -> Any:
+        """The ``Config`` this command trains with, checked without training: every field is one of the
+        recipe's and has its type, the Config accepts the values (choices, the recipe's own checks),
+        and :meth:`argv`, parsed as ``transfigure train`` parses it, gives exactly these values.
+        Raises ConfigError otherwise."""
+        mod = recipe_module(self.recipe)
+        values = {**self.config, "out": self.out}
+        check_value_types(mod.Config, values)
+        mod.Config(**values)
+        parser = _RaisingParser(prog=f"transfigure train {self.recipe}")
+        mod.add_arguments(parser)
+        config, _ = config_from_args(mod.Config, parser.parse_args(self.argv()[2:]))
+        for name, value in values.items():
+            want = os.fspath(value) if isinstance(value, os.PathLike) else value
+            if getattr(config, name) != (tuple(want) if isinstance(want, list) else want):
+                raise ConfigError(
+                    f"{self.recipe} --{name.replace('_', '-')}: asked for {value!r}, "
+                    f"the command gives {getattr(config, name)!r}"
+                )
+        return config
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """A ``transfigure evaluate`` command: run or model folders, and its options."""
+
+    paths: tuple[Path, ...]
+    data: Path | None = None
+    judge: Path | None = None  # cgan: the classifier run
+    out: Path | None = None
+    feature_cache: Path | None = None
+
+    def argv(self) -> list[str]:
+        options = {
+            "--data": self.data,
+            "--judge": self.judge,
+            "--out": self.out,
+            "--feature-cache": self.feature_cache,
+        }
+        return ["evaluate", *map(str, self.paths), *_options(options)]
+
+
+@dataclass(frozen=True)
+class Export:
+    """A ``transfigure export`` command: the run, the model's name and net, the evaluation whose
+    metrics go into the card, and INT8 (kept only if the headline metric loses at most
+    ``int8_max_loss``; None: fp32 only)."""
+
+    run: Path
+    name: str
+    net: str | None = None  # default: the run's first net
+    data: Path | None = None
+    eval: Path | None = None
+    int8_max_loss: float | None = None
+
+    def argv(self, with_eval: bool = True, quality_bar: str | None = None) -> list[str]:
+        options: dict[str, Any] = {"--name": self.name, "--net": self.net, "--data": self.data}
+        options["--eval"] = self.eval if with_eval else None
+        int8 = (
+            ["--int8", "--int8-max-loss", repr(self.int8_max_loss)] if self.int8_max_loss is not None else []
+        )
+        return ["export", str(self.run), *_options(options), *int8, *_options({"--quality-bar": quality_bar})]
+
+
+def _options(options: dict[str, Any]) -> list[str]:
+    return [text for flag, value in options.items() if value is not None for text in (flag, str(value))]
+
+
 @dataclass
 class Job:
     """One shipped model: the runs it trains and how it is evaluated and exported."""
 
     name: str
-    train: list[tuple[str, list[str]]]  # (run folder, `transfigure train ...` args) in order
-    evaluate: list[str]  # `transfigure evaluate ...` args
-    export: list[str]  # `transfigure export ...` args
+    train: list[TrainRun]  # in order
+    evaluate: Evaluate | None
+    export: Export
     needs: list[str] = field(default_factory=list)  # jobs whose runs this one starts from
     bar: BarCheck | None = None  # the shipping bar, checked on the --eval JSON at export
     # evaluate the exported model folder (the ONNX file as shipped): export, evaluate, export again
@@ -223,36 +313,28 @@ class Job:
     evaluate_exported: bool = False
 
     def export_args(self, with_eval: bool = True) -> list[str]:
-        """``export`` args plus ``--quality-bar`` with the bar verdict when the evaluation exists
-        (``with_eval=False``: without ``--eval``, the first export of an ``evaluate_exported`` job)."""
-        args = list(self.export)
-        if not with_eval and "--eval" in args:
-            i = args.index("--eval")
-            return args[:i] + args[i + 2 :]
-        if self.bar is None or "--eval" not in args:
-            return args
-        eval_json = Path(args[args.index("--eval") + 1])
-        net = args[args.index("--net") + 1] if "--net" in args else "G"
-        if eval_json.is_file():
-            args += ["--quality-bar", bar_verdict(self.bar, eval_json, net).model_dump_json()]
-        return args
+        """The ``export`` command, with ``--quality-bar`` holding the bar verdict when the evaluation
+        exists (``with_eval=False``: without ``--eval``, the first export of an ``evaluate_exported`` job)."""
+        verdict = None
+        if with_eval and self.bar is not None and self.export.eval is not None and self.export.eval.is_file():
+            verdict = bar_verdict(self.bar, self.export.eval, self.export.net or "G").model_dump_json()
+        return self.export.argv(with_eval, verdict)
 
 
 def jobs(data: Path, runs: Path) -> list[Job]:
     s2w, monet, facades = data / "summer2winter_yosemite", data / "monet_kaggle", data / "facades"
-    quickdraw, t91, set5 = data / "quickdraw", data / "T91", data / "Set5"
-    # Compact CycleGAN for CPU inference: 128 px crops from 143 px, ngf 32, 6 residual blocks,
-    # LSGAN, pool 50, lr constant for the first half then linear decay (the reference schedule).
+    quickdraw, t91, set5 = str(data / "quickdraw"), str(data / "T91"), str(data / "Set5")
     # Season and style translators: the guided translator (a compact ResNet on a 128 px copy, a
     # guided filter to full resolution) trained on the full 256 px photos, discriminators at 128 px,
     # LSGAN, pool 50, lr constant for the first half then linear decay (the reference schedule).
     # The translator preserves the photo by construction, so the cycle loss is lighter than the
     # reference's (3, not 10) and there is no identity loss: both are L1 terms that hold an
     # identity-initialised generator at the identity.
-    guided = ["--generator", "guided", "--size", "256", "--low-size", "128", "--d-size", "128",
-              "--upsample", "resize", "--ngf", "32", "--n-blocks", "6", "--lambda-cycle", "3",
-              "--lambda-identity", "0", "--ema-decay", "0.999", "--num-workers", "1", "--ckpt-every", "250",
-              "--sample-every", "250", "--log-every", "50"]  # fmt: skip
+    guided = {"generator": "guided", "crop_size": 256, "low_size": 128, "d_size": 128, "upsample": "resize",
+              "ngf": 32, "n_blocks": 6, "lambda_cycle": 3.0, "lambda_identity": 0.0, "ema_decay": 0.999,
+              "num_workers": 1, "ckpt_every": 250, "sample_every": 250, "log_every": 50}  # fmt: skip
+    # the SR models: INT8 only if Set5 Y-PSNR loses at most 1 % (0.3 dB): the PSNR bar is tight
+    sr_int8 = 0.01
     models = zoo_dir()
     s2w_run, monet_run = runs / "zoo_summer2winter", runs / "zoo_photo2monet"
     p2p_run, cls_run, cgan_run = (
@@ -261,178 +343,106 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         runs / "zoo_quickdraw_cgan",
     )
     sr_run, srgan_run = runs / "zoo_sr_x4", runs / "zoo_sr_x4_gan"
+    feature_cache = runs / "feature_cache"
     return [
         Job(
             "quickdraw_cgan",
             bar=_bar_judge_per_class,
             train=[
-                (
-                    str(cls_run),
-                    ["classifier", "--data", str(quickdraw), "--steps", "3000", "--out", str(cls_run)],
-                ),
-                (
-                    str(cgan_run),
-                    [
-                        "cgan",
-                        "--data",
-                        str(quickdraw),
-                        "--ngf",
-                        "32",
-                        "--ndf",
-                        "32",
-                        "--lr-g",
-                        "2e-4",
-                        "--mode-seeking",
-                        "0.1",
-                        "--steps",
-                        "4000",
-                        "--ckpt-every",
-                        "500",
-                        "--out",
-                        str(cgan_run),
-                    ],
+                TrainRun("classifier", cls_run, {"data": quickdraw, "steps": 3000}),
+                TrainRun(
+                    "cgan",
+                    cgan_run,
+                    {
+                        "data": quickdraw,
+                        "ngf": 32,
+                        "ndf": 32,
+                        "lr_g": 2e-4,
+                        "mode_seeking": 0.1,
+                        "steps": 4000,
+                        "ckpt_every": 500,
+                    },
                 ),
             ],
-            evaluate=[str(cgan_run), "--judge", str(cls_run)],
-            export=[
-                str(cgan_run),
-                "--name",
-                "quickdraw_cgan",
-                "--eval",
-                str(cgan_run / "eval" / "quickdraw.json"),
-            ],
+            evaluate=Evaluate((cgan_run,), judge=cls_run),
+            export=Export(cgan_run, "quickdraw_cgan", eval=cgan_run / "eval" / "quickdraw.json"),
         ),
         Job(
             "sr_x4",
             bar=_bar_psnr(30.5),
             train=[
-                (
-                    str(sr_run),
-                    [
-                        "srgan",
-                        "--phase",
-                        "psnr",
-                        "--data",
-                        str(t91),
-                        "--val-data",
-                        str(set5),
-                        "--num-conv",
-                        "10",
-                        "--steps",
-                        "6000",
-                        "--lr-g",
-                        "5e-4",
-                        "--sample-every",
-                        "1000",
-                        "--num-workers",
-                        "1",
-                        "--ckpt-every",
-                        "500",
-                        "--out",
-                        str(sr_run),
-                    ],
-                )
+                TrainRun(
+                    "srgan",
+                    sr_run,
+                    {
+                        "phase": "psnr",
+                        "data": t91,
+                        "val_data": set5,
+                        "num_conv": 10,
+                        "steps": 6000,
+                        "lr_g": 5e-4,
+                        "sample_every": 1000,
+                        "num_workers": 1,
+                        "ckpt_every": 500,
+                    },
+                ),
             ],
-            evaluate=[str(sr_run), "--data", str(set5)],
-            export=[
-                str(sr_run),
-                "--name",
-                "sr_x4",
-                "--data",
-                str(set5),
-                "--eval",
-                str(sr_run / "eval" / "Set5.json"),
-                # INT8 only if Set5 Y-PSNR loses at most 1 % (0.3 dB): the PSNR bar is tight
-                "--int8",
-                "--int8-max-loss",
-                "0.01",
-            ],
+            evaluate=Evaluate((sr_run,), data=Path(set5)),
+            export=Export(
+                sr_run, "sr_x4", data=Path(set5), eval=sr_run / "eval" / "Set5.json", int8_max_loss=sr_int8
+            ),
         ),
         Job(
             "sr_x4_gan",
             needs=["sr_x4"],
             bar=_bar_sharper_than(sr_run / "eval" / "Set5.json"),
             train=[
-                (
-                    str(srgan_run),
-                    [
-                        "srgan",
-                        "--phase",
-                        "gan",
-                        "--num-conv",
-                        "10",
-                        "--init",
-                        str(sr_run),
-                        "--data",
-                        str(t91),
-                        "--val-data",
-                        str(set5),
-                        "--batch-size",
-                        "8",
-                        "--ndf",
-                        "32",
-                        "--lr-d",
-                        "5e-4",
-                        "--gan-weight",
-                        "0.1",
-                        "--steps",
-                        "800",
-                        "--ema-decay",
-                        "0.99",
-                        "--sample-every",
-                        "500",
-                        "--num-workers",
-                        "1",
-                        "--ckpt-every",
-                        "250",
-                        "--out",
-                        str(srgan_run),
-                    ],
-                )
+                TrainRun(
+                    "srgan",
+                    srgan_run,
+                    {
+                        "phase": "gan",
+                        "num_conv": 10,
+                        "init": str(sr_run),
+                        "data": t91,
+                        "val_data": set5,
+                        "batch_size": 8,
+                        "ndf": 32,
+                        "lr_d": 5e-4,
+                        "gan_weight": 0.1,
+                        "steps": 800,
+                        "ema_decay": 0.99,
+                        "sample_every": 500,
+                        "num_workers": 1,
+                        "ckpt_every": 250,
+                    },
+                ),
             ],
-            evaluate=[str(srgan_run), "--data", str(set5)],
-            export=[
-                str(srgan_run),
-                "--name",
+            evaluate=Evaluate((srgan_run,), data=Path(set5)),
+            export=Export(
+                srgan_run,
                 "sr_x4_gan",
-                "--data",
-                str(set5),
-                "--eval",
-                str(srgan_run / "eval" / "Set5.json"),
-                # INT8 only if Set5 Y-PSNR loses at most 1 % (0.3 dB): the PSNR bar is tight
-                "--int8",
-                "--int8-max-loss",
-                "0.01",
-            ],
+                data=Path(set5),
+                eval=srgan_run / "eval" / "Set5.json",
+                int8_max_loss=sr_int8,
+            ),
         ),
         Job(
             "summer2winter",
             bar=_bar_fid("A2B", max_identity_ratio=1.10, judge_share=0.65),
-            train=[
-                (
-                    str(s2w_run),
-                    ["cyclegan", "--data", str(s2w), *guided, "--steps", "2000", "--out", str(s2w_run)],
-                )
-            ],
-            evaluate=[
-                str(models / "summer2winter"),
-                str(models / "winter2summer"),
-                "--data",
-                str(s2w),
-                "--out",
-                str(s2w_run / "eval_shipped"),
-                "--feature-cache",
-                str(runs / "feature_cache"),
-            ],  # fmt: skip
-            export=[
-                str(s2w_run),
-                "--name",
+            train=[TrainRun("cyclegan", s2w_run, {"data": str(s2w), **guided, "steps": 2000})],
+            evaluate=Evaluate(
+                (models / "summer2winter", models / "winter2summer"),
+                data=s2w,
+                out=s2w_run / "eval_shipped",
+                feature_cache=feature_cache,
+            ),
+            export=Export(
+                s2w_run,
                 "summer2winter",
-                "--net",
-                "G_AB",
-                "--eval",
-                str(s2w_run / "eval_shipped" / "summer2winter_summer2winter_yosemite.json"),
-            ],  # fmt: skip
+                net="G_AB",
+                eval=s2w_run / "eval_shipped" / "summer2winter_summer2winter_yosemite.json",
+            ),
             evaluate_exported=True,
         ),
         Job(
@@ -440,106 +450,69 @@ def jobs(data: Path, runs: Path) -> list[Job]:
             needs=["summer2winter"],
             bar=_bar_fid("B2A", max_identity_ratio=1.10, judge_share=0.65),
             train=[],
-            evaluate=[],  # the summer2winter job measures both exported directions
-            export=[
-                str(s2w_run),
-                "--name",
+            evaluate=None,  # the summer2winter job measures both exported directions
+            export=Export(
+                s2w_run,
                 "winter2summer",
-                "--net",
-                "G_BA",
-                "--eval",
-                str(s2w_run / "eval_shipped" / "winter2summer_summer2winter_yosemite.json"),
-            ],  # fmt: skip
+                net="G_BA",
+                eval=s2w_run / "eval_shipped" / "winter2summer_summer2winter_yosemite.json",
+            ),
         ),
         Job(
             "photo2monet",
             bar=_bar_fid("photo_jpg2monet_jpg", max_identity_ratio=0.85, judge_share=0.70),
             train=[
-                (
-                    str(monet_run),
-                    [
-                        "cyclegan",
-                        "--data",
-                        str(monet),
-                        "--a-dir",
-                        "photo_jpg",
-                        "--b-dir",
-                        "monet_jpg",
-                        "--holdout-every",
-                        "10",
-                        *guided,
-                        "--detail",
-                        "--steps",
-                        "2000",
-                        "--out",
-                        str(monet_run),
-                    ],
-                )  # fmt: skip
+                TrainRun(
+                    "cyclegan",
+                    monet_run,
+                    {
+                        "data": str(monet),
+                        "a_dir": "photo_jpg",
+                        "b_dir": "monet_jpg",
+                        "holdout_every": 10,
+                        **guided,
+                        "detail": True,
+                        "steps": 2000,
+                    },
+                ),
             ],
-            evaluate=[
-                str(models / "photo2monet"),
-                "--data",
-                str(monet),
-                "--out",
-                str(monet_run / "eval_shipped"),
-                "--feature-cache",
-                str(runs / "feature_cache"),
-            ],
-            export=[
-                str(monet_run),
-                "--name",
-                "photo2monet",
-                "--net",
-                "G_AB",
-                "--eval",
-                str(monet_run / "eval_shipped" / "monet_kaggle.json"),
-            ],  # fmt: skip
+            evaluate=Evaluate(
+                (models / "photo2monet",),
+                data=monet,
+                out=monet_run / "eval_shipped",
+                feature_cache=feature_cache,
+            ),
+            export=Export(
+                monet_run, "photo2monet", net="G_AB", eval=monet_run / "eval_shipped" / "monet_kaggle.json"
+            ),
             evaluate_exported=True,
         ),
         Job(
             "facades_label2photo",
             bar=_bar_fid("B2A", max_fid=200),
             train=[
-                (
-                    str(p2p_run),
-                    [
-                        "pix2pix",
-                        "--data",
-                        str(facades),
-                        "--direction",
-                        "BtoA",
-                        "--size",
-                        "256",
-                        "--ngf",
-                        "32",
-                        "--ema-decay",
-                        "0.999",
-                        "--steps",
-                        "6000",
-                        "--num-workers",
-                        "0",
-                        "--sample-every",
-                        "500",
-                        "--ckpt-every",
-                        "250",
-                        "--out",
-                        str(p2p_run),
-                    ],
-                )
+                TrainRun(
+                    "pix2pix",
+                    p2p_run,
+                    {
+                        "data": str(facades),
+                        "direction": "BtoA",
+                        "crop_size": 256,
+                        "ngf": 32,
+                        "ema_decay": 0.999,
+                        "steps": 6000,
+                        "num_workers": 0,
+                        "sample_every": 500,
+                        "ckpt_every": 250,
+                    },
+                ),
             ],
-            evaluate=[str(p2p_run)],
-            export=[
-                str(p2p_run),
-                "--name",
-                "facades_label2photo",
-                # INT8 (QDQ) keeps the 13 M-parameter U-Net at ~13 MB instead of 53 MB (zoo budget
-                # 60 MB); kept only if FID worsens by at most 10 %, both numbers go into the card
-                "--int8",
-                "--int8-max-loss",
-                "0.1",
-                "--eval",
-                str(p2p_run / "eval" / "facades.json"),
-            ],
+            evaluate=Evaluate((p2p_run,)),
+            # INT8 (QDQ) keeps the 13 M-parameter U-Net at ~13 MB instead of 53 MB (zoo budget 60 MB);
+            # kept only if FID worsens by at most 10 %, both numbers go into the card
+            export=Export(
+                p2p_run, "facades_label2photo", eval=p2p_run / "eval" / "facades.json", int8_max_loss=0.1
+            ),
         ),
     ]
 
@@ -583,17 +556,17 @@ def main(argv: list[str] | None = None) -> int:
         job = all_jobs[name]
         print(f"== {name}", flush=True)
         if args.stage in {"train", "all"}:
-            for run, train_args in job.train:
-                extra = ["--resume"] if (Path(run) / "checkpoints" / "last.pt").is_file() else []
+            for run in job.train:
+                extra = ["--resume"] if (run.out / "checkpoints" / "last.pt").is_file() else []
                 extra += ["--device", args.device] if args.device else []
-                _run(_cmd("train", *train_args, *extra), args.dry_run)
+                _run(_cmd(*run.argv(), *extra), args.dry_run)
         if args.stage in {"evaluate", "all"} and job.evaluate and name in wanted:
             if job.evaluate_exported:
                 for dep in [name, *(n for n, j in all_jobs.items() if name in j.needs)]:
-                    _run(_cmd("export", *all_jobs[dep].export_args(with_eval=False)), args.dry_run)
-            _run(_cmd("evaluate", *job.evaluate), args.dry_run)
+                    _run(_cmd(*all_jobs[dep].export_args(with_eval=False)), args.dry_run)
+            _run(_cmd(*job.evaluate.argv()), args.dry_run)
         if args.stage in {"export", "all"} and name in wanted:
-            _run(_cmd("export", *job.export_args()), args.dry_run)
+            _run(_cmd(*job.export_args()), args.dry_run)
             if name == "sr_x4_gan" and not args.dry_run:
                 out = write_sr_comparison(zoo_dir(), args.data_root / "Set5")
                 print(f"comparison grid (bicubic | sr_x4 | sr_x4_gan | HR): {out}", flush=True)

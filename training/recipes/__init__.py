@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from training.config import config_from_dict  # noqa: F401  (rebuilds a saved config; reads former names)
+
 RECIPE_MODULES = {
     "cyclegan": "training.recipes.cyclegan",
     "pix2pix": "training.recipes.pix2pix",
@@ -142,13 +144,6 @@ def with_data(module, config, data: str | None):
     if hasattr(module, "with_data"):
         return module.with_data(config, data)
     return dataclasses.replace(config, data=str(data))
-
-
-def config_from_dict(config_cls: type, data: dict[str, Any]):
-    """Rebuild a recipe Config, ignoring keys that a newer/older version of the recipe lacks."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
-    return config_cls(**kwargs)
 
 
 @dataclass

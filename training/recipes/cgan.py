@@ -35,11 +35,13 @@ Exported net ``G``: ``(z: N x latent_dim float32, label: N int64) -> N x C x S x
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from training.config import ConfigError, Renamed, add_config_arguments
 from training.data.labelled import (  # noqa: F401 - resolve_data_fields: also this module's API
     LabelledImages,
     describe_dataset,
@@ -48,29 +50,25 @@ from training.data.labelled import (  # noqa: F401 - resolve_data_fields: also t
     resolve_data_fields,
 )
 from training.diffaug import POLICIES, diff_augment, parse_policy
-from training.loop import (
-    ConfigError,
-    Runtime,
-    TrainConfig,
-    add_config_arguments,
-    cli_train,
-    data_stream,
-    image_grid,
-    recalibrate_batch_norm,
-    to_device,
-)
-from training.losses import GAN_LOSSES, GANLoss, gradient_penalty
+from training.loop import Runtime, batch_stream, cli_train, image_grid, recalibrate_batch_norm, to_device
+from training.losses import GANLoss, gradient_penalty
 from training.networks.conditional import OUTPUT_SIZES, ConditionalGenerator, ProjectionDiscriminator
 from training.recipes import ExportSpec
+from training.recipes.common import AdversarialConfig, gan_loss_field
 
 NAME = "cgan"
-GP_WEIGHT = 10.0  # WGAN-GP's lambda (Gulrajani et al., 2017)
 SAMPLES_PER_CLASS = 8  # columns of the sample grid
 CALIBRATION_BATCHES = 16  # batches of fresh noise that re-estimate the EMA generator's BN statistics
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(AdversarialConfig):
+    # former names, still read from saved configs and accepted on the command line
+    renamed: ClassVar[Mapping[str, Renamed]] = {
+        "loss": Renamed("gan_loss"),
+        "label_smoothing": Renamed("real_label", lambda smoothing: 1.0 - smoothing),
+    }
+
     data: str = field(
         default="",
         metadata={
@@ -90,10 +88,7 @@ class Config(TrainConfig):
     ngf: int = field(default=64, metadata={"help": "generator width"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
     embed_dim: int = field(default=64, metadata={"help": "class embedding size in the generator"})
-    loss: str = field(default="hinge", metadata={"help": "adversarial loss", "choices": GAN_LOSSES})
-    label_smoothing: float = field(
-        default=0.0, metadata={"help": "one-sided: D's real target is 1 - this (vanilla/lsgan/ragan only)"}
-    )
+    gan_loss: str = gan_loss_field("hinge")
     lr_g: float = field(default=1e-4, metadata={"help": "generator learning rate (TTUR)"})
     lr_d: float = field(default=4e-4, metadata={"help": "discriminator learning rate (TTUR)"})
     beta1: float = field(default=0.0, metadata={"help": "Adam beta1"})
@@ -124,6 +119,7 @@ class Config(TrainConfig):
     )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             parse_policy(self.diffaug)
         except ValueError as e:
@@ -178,7 +174,7 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
             method="cgan",
             description=f"Class-conditional DCGAN ({len(classes)} classes: {', '.join(classes)}), "
             f"{config.image_size}x{config.image_size} px, trained with a projection discriminator "
-            f"({config.loss} loss{', spectral norm' if config.spectral_norm else ''}).",
+            f"({config.gan_loss} loss{', spectral norm' if config.spectral_norm else ''}).",
             output_channels=config.channels,
             output_range=(-1.0, 1.0),
             classes=classes,
@@ -213,7 +209,7 @@ class CGANRecipe:
             "D": torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas),
         }
         self.schedulers: dict[str, Any] = {}  # constant learning rates, as SN-GAN/SAGAN
-        self.gan = GANLoss(cfg.loss, real_target=1.0 - cfg.label_smoothing)
+        self.gan = GANLoss(cfg.gan_loss, cfg.real_label)
         self.augment_ops = parse_policy(cfg.diffaug)
         # Fixed noise for the sample grid (its own generator: never touches the training RNG).
         self.grid_z = torch.randn(
@@ -221,14 +217,7 @@ class CGANRecipe:
         )
 
     def batches(self, start_step: int):
-        return data_stream(
-            self.dataset,
-            self.cfg.batch_size,
-            self.cfg.seed,
-            start_step,
-            self.cfg.num_workers,
-            pin_memory=self.rt.device.type == "cuda",
-        )
+        return batch_stream(self.dataset, self.cfg, self.rt, start_step)
 
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.latent_dim, device=self.rt.device)
@@ -261,7 +250,7 @@ class CGANRecipe:
             with rt.autocast():
                 loss_d = self.gan.d_loss(self._d(real, label), self._d(fake, label))
             if self.gan.name == "wgan-gp":
-                loss_d = loss_d + GP_WEIGHT * gradient_penalty(
+                loss_d = loss_d + self.cfg.gp_weight * gradient_penalty(
                     lambda x: self._d(x, label), real, fake.float()
                 )
             opt_d.zero_grad(set_to_none=True)

@@ -25,20 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.config import ConfigError, TrainConfig, add_config_arguments
 from training.data.labelled import LabelledImages, load_split, load_train_set, resolve_data_fields
 from training.diffaug import translate
 from training.distributed import is_main_process
-from training.loop import (
-    ConfigError,
-    Runtime,
-    TrainConfig,
-    add_config_arguments,
-    cli_train,
-    data_stream,
-    image_grid,
-    linear_decay_schedule,
-    to_device,
-)
+from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule, to_device
 from training.networks.conditional import OUTPUT_SIZES, SampleClassifier
 from training.recipes import ExportSpec
 
@@ -193,10 +184,7 @@ class ClassifierRecipe:
         self.test = LabelledImages(test, cfg.image_size) if len(test) else None
 
     def batches(self, start_step: int):
-        return data_stream(
-            self.dataset, self.cfg.batch_size, self.cfg.seed, start_step, self.cfg.num_workers,
-            pin_memory=self.rt.device.type == "cuda",
-        )  # fmt: skip
+        return batch_stream(self.dataset, self.cfg, self.rt, start_step)
 
     def train_step(self, batch: Any, step: int) -> dict[str, Tensor]:
         x, y = batch

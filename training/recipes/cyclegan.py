@@ -21,25 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.config import ConfigError, add_config_arguments
 from training.data import UnpairedImageFolder
 from training.data.images import EmptyFolderError
 from training.data.unpaired import resolve_unpaired_files
-from training.loop import (
-    ConfigError,
-    Runtime,
-    TrainConfig,
-    add_config_arguments,
-    cli_train,
-    data_stream,
-    image_grid,
-    linear_decay_schedule,
-)
-from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss, resolve_gan_loss
+from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule
+from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss
 from training.networks import NORMS, PatchDiscriminator, ResnetGenerator
 from training.networks.guided import GuidedTranslator
 from training.networks.resnet import UPSAMPLING
 from training.pool import ImagePool
 from training.recipes import ExportSpec
+from training.recipes.common import HeldOutPairs, TranslationConfig, gan_loss_field
 
 NAME = "cyclegan"
 GENERATORS = ("resnet", "guided")
@@ -47,9 +40,10 @@ TRANSLATE_NETS = ("G_AB", "G_BA")
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(TranslationConfig):
     # ~ the reference's 200 epochs over ~1,000 images per domain at batch 1
     steps: int = field(default=200_000, metadata={"help": "total optimisation steps"})
+    gan_loss: str = gan_loss_field("lsgan")
     a_dir: str = field(
         default="", metadata={"help": "domain A folder, relative to --data (default: DATA/trainA)"}
     )
@@ -59,11 +53,6 @@ class Config(TrainConfig):
     holdout_every: int = field(
         default=10, metadata={"help": "with --a-dir/--b-dir: every Nth file (by name) is held out for test"}
     )
-    crop_size: int = field(default=256, metadata={"help": "training crop = the model's native size"})
-    load_size: int | None = field(
-        default=None, metadata={"help": "resize before cropping (None: crop * 286/256)"}
-    )
-    flip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     generator: str = field(
         default="resnet",
         metadata={
@@ -85,7 +74,6 @@ class Config(TrainConfig):
         default=None,
         metadata={"help": "discriminators see images resized to this side (None: the training crop)"},
     )
-    ngf: int = field(default=64, metadata={"help": "generator width"})
     n_blocks: int = field(default=9, metadata={"help": "ResNet blocks (9 for 256 px, 6 for 128 px)"})
     upsample: str = field(
         default="transposed",
@@ -95,9 +83,6 @@ class Config(TrainConfig):
             "choices": UPSAMPLING,
         },
     )
-    ndf: int = field(default=64, metadata={"help": "discriminator width"})
-    n_layers_d: int = field(default=3, metadata={"help": "PatchGAN depth (3: 70x70 patches)"})
-    norm: str = field(default="instance", metadata={"help": "normalisation layers", "choices": NORMS})
     g_norm: str | None = field(
         default=None,
         metadata={
@@ -105,35 +90,14 @@ class Config(TrainConfig):
             "choices": NORMS,
         },
     )
-    spectral_norm: bool = field(default=False, metadata={"help": "spectral norm on the discriminators"})
-    gan_loss: str = field(default="lsgan", metadata={"help": "vanilla | lsgan | hinge | wgan-gp | ragan"})
-    real_label: float = field(
-        default=1.0, metadata={"help": "D's target for real (0.9: one-sided smoothing)"}
-    )
-    gp_weight: float = field(default=10.0, metadata={"help": "gradient penalty weight (wgan-gp only)"})
     lambda_cycle: float = field(default=10.0, metadata={"help": "weight of the cycle-consistency L1"})
     lambda_identity: float = field(
         default=0.5, metadata={"help": "identity weight, relative to lambda_cycle"}
     )
-    lr_g: float = field(default=2e-4, metadata={"help": "generator learning rate"})
-    lr_d: float = field(default=2e-4, metadata={"help": "discriminator learning rate (TTUR if different)"})
-    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
-    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
-    decay_start: int | None = field(
-        default=None, metadata={"help": "step where linear lr decay starts (None: steps/2)"}
-    )
     pool_size: int = field(default=50, metadata={"help": "image pool of past fakes for D (0: off)"})
 
     def __post_init__(self) -> None:
-        try:
-            resolve_gan_loss(self.gan_loss)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        for norm in (self.norm, self.g_norm or self.norm):
-            if norm not in NORMS:
-                raise ConfigError(f"unknown norm '{norm}': choose one of {', '.join(NORMS)}")
-        if self.generator not in GENERATORS:
-            raise ConfigError(f"unknown generator '{self.generator}': choose one of {', '.join(GENERATORS)}")
+        super().__post_init__()
         if self.generator == "guided" and (self.low_size % 4 or self.low_size < 8):
             raise ConfigError(f"--low-size {self.low_size}: must be a multiple of 4, at least 8")
         if self.d_size is not None and self.d_size < 16:
@@ -330,14 +294,15 @@ class CycleGAN:
         }
         self.gan = GANLoss(cfg.gan_loss, cfg.real_label)
         self.pool_A, self.pool_B = ImagePool(cfg.pool_size), ImagePool(cfg.pool_size)
-        self._fixed: tuple[Tensor, Tensor] | None = None
+        self.held_out = HeldOutPairs(
+            lambda phase: build_dataset(cfg, phase, train=False),
+            ("test", "train"),
+            size=lambda ds: min(len(ds.files_a), len(ds.files_b)),
+        )
 
     # -- data -----------------------------------------------------------------------------------
     def batches(self, start_step: int):
-        pin = self.rt.device.type == "cuda"
-        return data_stream(
-            self.dataset, self.cfg.batch_size, self.cfg.seed, start_step, self.cfg.num_workers, pin_memory=pin
-        )
+        return batch_stream(self.dataset, self.cfg, self.rt, start_step)
 
     # -- one step -------------------------------------------------------------------------------
     def _d_view(self, x: Tensor) -> Tensor:
@@ -403,21 +368,9 @@ class CycleGAN:
         }
 
     # -- samples and extra state ----------------------------------------------------------------
-    def _fixed_images(self, count: int = 4) -> tuple[Tensor, Tensor]:
-        """A few held-out images (the test split when there is one), loaded once, no augmentation."""
-        if self._fixed is None:
-            try:
-                ds = build_dataset(self.cfg, "test", train=False)
-            except (EmptyFolderError, ValueError):
-                ds = build_dataset(self.cfg, "train", train=False)
-            k = min(count, len(ds.files_a), len(ds.files_b))
-            items = [ds.load_item(i, 0) for i in range(k)]
-            self._fixed = (torch.stack([it["A"] for it in items]), torch.stack([it["B"] for it in items]))
-        return self._fixed
-
     def sample_images(self, generators: dict[str, nn.Module], step: int) -> Tensor:
         """Rows: A, G_AB(A), G_BA(G_AB(A)), B, G_BA(B), G_AB(G_BA(B))."""
-        a, b = (t.to(self.rt.device) for t in self._fixed_images())
+        a, b = (t.to(self.rt.device) for t in self.held_out.images())
         g_ab, g_ba = generators["G_AB"], generators["G_BA"]
         fake_b, fake_a = g_ab(a), g_ba(b)
         return image_grid([a, fake_b, g_ba(fake_b), b, fake_a, g_ab(fake_a)])

@@ -22,22 +22,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.config import ConfigError, add_config_arguments
 from training.data import PairedImageFolder
 from training.data.images import EmptyFolderError
 from training.data.paired import DIRECTIONS, resolve_paired_files
-from training.loop import (
-    ConfigError,
-    Runtime,
-    TrainConfig,
-    add_config_arguments,
-    cli_train,
-    data_stream,
-    image_grid,
-    linear_decay_schedule,
-)
-from training.losses import GANLoss, gradient_penalty, l1_loss, resolve_gan_loss
-from training.networks import NORMS, PatchDiscriminator, UnetGenerator
+from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule
+from training.losses import GANLoss, gradient_penalty, l1_loss
+from training.networks import PatchDiscriminator, UnetGenerator
 from training.recipes import ExportSpec
+from training.recipes.common import HeldOutPairs, TranslationConfig, gan_loss_field
 
 NAME = "pix2pix"
 TRANSLATE_NETS = ("G",)
@@ -45,9 +38,10 @@ MAX_DOWNS = 8  # U-Net 256: a 1x1 bottleneck at 256 px
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(TranslationConfig):
     # ~ the reference's 200 epochs over facades' 400 training pairs at batch 1
     steps: int = field(default=80_000, metadata={"help": "total optimisation steps"})
+    gan_loss: str = gan_loss_field("vanilla")
     direction: str = field(
         default="AtoB",
         metadata={"help": "AtoB or BtoA (facades: BtoA, labels -> photo)", "choices": DIRECTIONS},
@@ -56,43 +50,14 @@ class Config(TrainConfig):
     test_phase: str = field(
         default="test", metadata={"help": "sub-folder with held-out pairs (samples, eval)"}
     )
-    crop_size: int = field(default=256, metadata={"help": "training crop = the model's native size"})
-    load_size: int | None = field(
-        default=None, metadata={"help": "resize before cropping (None: crop * 286/256)"}
-    )
-    flip: bool = field(default=True, metadata={"help": "random horizontal flips (same for both halves)"})
-    ngf: int = field(default=64, metadata={"help": "generator width"})
     num_downs: int | None = field(
         default=None, metadata={"help": "U-Net depth (None: log2(crop), at most 8 -> U-Net 256)"}
     )
     dropout: float = field(default=0.5, metadata={"help": "U-Net decoder dropout (the pix2pix noise)"})
-    ndf: int = field(default=64, metadata={"help": "discriminator width"})
-    n_layers_d: int = field(default=3, metadata={"help": "PatchGAN depth (3: 70x70 patches)"})
-    norm: str = field(default="instance", metadata={"help": "normalisation layers", "choices": NORMS})
-    spectral_norm: bool = field(default=False, metadata={"help": "spectral norm on the discriminator"})
-    gan_loss: str = field(default="vanilla", metadata={"help": "vanilla | lsgan | hinge | wgan-gp | ragan"})
-    real_label: float = field(
-        default=1.0, metadata={"help": "D's target for real (0.9: one-sided smoothing)"}
-    )
-    gp_weight: float = field(default=10.0, metadata={"help": "gradient penalty weight (wgan-gp only)"})
     lambda_l1: float = field(default=100.0, metadata={"help": "weight of the L1 reconstruction loss"})
-    lr_g: float = field(default=2e-4, metadata={"help": "generator learning rate"})
-    lr_d: float = field(default=2e-4, metadata={"help": "discriminator learning rate (TTUR if different)"})
-    beta1: float = field(default=0.5, metadata={"help": "Adam beta1"})
-    beta2: float = field(default=0.999, metadata={"help": "Adam beta2"})
-    decay_start: int | None = field(
-        default=None, metadata={"help": "step where linear lr decay starts (None: steps/2)"}
-    )
 
     def __post_init__(self) -> None:
-        try:
-            resolve_gan_loss(self.gan_loss)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if self.norm not in NORMS:
-            raise ConfigError(f"unknown norm '{self.norm}': choose one of {', '.join(NORMS)}")
-        if self.direction not in DIRECTIONS:
-            raise ConfigError(f"unknown direction '{self.direction}': choose one of {', '.join(DIRECTIONS)}")
+        super().__post_init__()
         downs = unet_depth(self)
         if self.crop_size % 2**downs:
             raise ConfigError(
@@ -253,13 +218,12 @@ class Pix2Pix:
             k: linear_decay_schedule(o, cfg.steps, cfg.decay_start) for k, o in self.optimizers.items()
         }
         self.gan = GANLoss(cfg.gan_loss, cfg.real_label)
-        self._fixed: tuple[Tensor, Tensor] | None = None
+        self.held_out = HeldOutPairs(
+            lambda phase: build_dataset(cfg, phase, train=False), (cfg.test_phase, cfg.train_phase)
+        )
 
     def batches(self, start_step: int):
-        pin = self.rt.device.type == "cuda"
-        return data_stream(
-            self.dataset, self.cfg.batch_size, self.cfg.seed, start_step, self.cfg.num_workers, pin_memory=pin
-        )
+        return batch_stream(self.dataset, self.cfg, self.rt, start_step)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         cfg, rt = self.cfg, self.rt
@@ -296,19 +260,9 @@ class Pix2Pix:
 
         return {"G_gan": loss_gan.detach(), "G_L1": loss_l1.detach(), "D": loss_d.detach()}
 
-    def _fixed_images(self, count: int = 4) -> tuple[Tensor, Tensor]:
-        if self._fixed is None:
-            try:
-                ds = build_dataset(self.cfg, self.cfg.test_phase, train=False)
-            except EmptyFolderError:
-                ds = build_dataset(self.cfg, self.cfg.train_phase, train=False)
-            items = [ds.load_item(i, 0) for i in range(min(count, len(ds)))]
-            self._fixed = (torch.stack([it["A"] for it in items]), torch.stack([it["B"] for it in items]))
-        return self._fixed
-
     def sample_images(self, generators: dict[str, nn.Module], step: int) -> Tensor:
         """Rows: input, output, target."""
-        a, b = (t.to(self.rt.device) for t in self._fixed_images())
+        a, b = (t.to(self.rt.device) for t in self.held_out.images())
         return image_grid([a, generators["G"](a), b])
 
 

@@ -35,35 +35,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.config import ConfigError, add_config_arguments
 from training.data.catalog import provenance
 from training.data.images import list_images
 from training.data.sr import SRPatches, preview_pairs
-from training.loop import (
-    ConfigError,
-    Runtime,
-    TrainConfig,
-    add_config_arguments,
-    cli_train,
-    data_stream,
-    image_grid,
-    linear_decay_schedule,
-    to_device,
-)
-from training.losses import GAN_LOSSES, GANLoss, gradient_penalty, l1_loss
+from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule, to_device
+from training.losses import GANLoss, gradient_penalty, l1_loss
 from training.networks.sr import SCALES, CompactSRNet, SRDiscriminator
 from training.quality import bicubic_upscaler, evaluate_upscaler, torch_upscaler
 from training.recipes import ExportSpec, find_checkpoint
+from training.recipes.common import AdversarialConfig, gan_loss_field
 
 NAME = "srgan"
 PHASES = ("psnr", "gan")
 DEFAULT_LR_G = {"psnr": 2e-4, "gan": 1e-4}  # ESRGAN's two phases
 PREVIEW_IMAGES = 4
 VALUE_RANGE = (0.0, 1.0)
-GP_WEIGHT = 10.0  # WGAN-GP's lambda, only with --gan-loss wgan-gp
 
 
 @dataclass
-class Config(TrainConfig):
+class Config(AdversarialConfig):
     data: str = field(default="", metadata={"help": "folder of HR training images (e.g. T91)"})
     val_data: str = field(
         default="", metadata={"help": "folder of held-out HR images scored at every sample step (e.g. Set5)"}
@@ -90,9 +81,7 @@ class Config(TrainConfig):
     lr_d: float = field(default=1e-4, metadata={"help": "discriminator learning rate (gan phase)"})
     beta1: float = field(default=0.9, metadata={"help": "Adam beta1"})
     beta2: float = field(default=0.99, metadata={"help": "Adam beta2"})
-    gan_loss: str = field(
-        default="ragan", metadata={"help": "adversarial loss (gan phase)", "choices": GAN_LOSSES}
-    )
+    gan_loss: str = gan_loss_field("ragan", "adversarial loss (gan phase)")
     l1_weight: float = field(default=1.0, metadata={"help": "weight of the L1 pixel loss"})
     gan_weight: float = field(default=0.05, metadata={"help": "weight of the adversarial loss (gan phase)"})
     fm_weight: float = field(
@@ -219,7 +208,7 @@ class SRGANRecipe:
             opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
             self.nets["D"], self.optimizers["D"] = self.D, opt_d
             self.schedulers["D"] = linear_decay_schedule(opt_d, cfg.steps)
-            self.gan = GANLoss(cfg.gan_loss)
+            self.gan = GANLoss(cfg.gan_loss, cfg.real_label)
         self.generators = ("G",)
         preview_dir = cfg.val_data or cfg.data
         self.preview = preview_pairs(preview_dir, cfg.scale, cfg.lr_patch * cfg.scale, PREVIEW_IMAGES)
@@ -227,10 +216,7 @@ class SRGANRecipe:
         self._writer: Any = None
 
     def batches(self, start_step: int):
-        return data_stream(
-            self.dataset, self.cfg.batch_size, self.cfg.seed, start_step, self.cfg.num_workers,
-            pin_memory=self.rt.device.type == "cuda",
-        )  # fmt: skip
+        return batch_stream(self.dataset, self.cfg, self.rt, start_step)
 
     def train_step(self, batch: Any, step: int) -> dict[str, Tensor]:
         lr, hr = to_device(batch, self.rt.device)
@@ -274,7 +260,7 @@ class SRGANRecipe:
         with rt.autocast():
             loss_d = self.gan.d_loss(self.D(hr), self.D(sr.detach()))
         if self.gan.name == "wgan-gp":
-            loss_d = loss_d + GP_WEIGHT * gradient_penalty(self.D, hr, sr.detach().float())
+            loss_d = loss_d + cfg.gp_weight * gradient_penalty(self.D, hr, sr.detach().float())
         opt_d.zero_grad(set_to_none=True)
         rt.backward(loss_d)
         rt.step(opt_d)
