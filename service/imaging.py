@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.card import IMAGE_INPUT, LABEL_INPUT, Z_INPUT, ImageSpec, ModelCard
+from models.grid import tile
 from service.png import encode_png
 
 if TYPE_CHECKING:  # keep this module importable for type checkers without onnxruntime at import time
@@ -452,17 +453,9 @@ def sample_images(model: LoadedModel, label: int, n: int, seed: int) -> np.ndarr
 
 def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, pad_value: int = 0) -> np.ndarray:
     """N x H x W x C uint8 -> one grid image, ``nrow`` images per row (default: about square)."""
-    if images.ndim == 3:
-        images = images[:, :, :, None]
-    n, h, w, c = images.shape
+    n = len(images)
     nrow = max(1, min(n, nrow or math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / nrow)
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), pad_value, np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = images[i]
-    return grid
+    return tile([images[i : i + nrow] for i in range(0, n, nrow)], pad=pad, pad_value=pad_value)
 
 
 # -- encoding ----------------------------------------------------------------------------------

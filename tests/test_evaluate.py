@@ -205,7 +205,7 @@ def test_srgan_int8_export_measures_psnr_of_both_models(runs, tmp_path: Path) ->
 
 def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Path, capsys) -> None:
     """`transfigure export models/NAME --onnx FP32` when the training run is gone: same net, card kept."""
-    from training.export import ort_session
+    from training.onnx_export import ort_session
     from training.recipes import load_run_from_card
 
     sr = ["--data", str(FIXTURES / "sr")]  # the dynamo exporter keeps torch's tensor names
@@ -358,7 +358,7 @@ def test_zoo_model_is_measured_through_its_onnx_file_at_each_images_own_size(mix
 
 
 def _count_inception_images(monkeypatch) -> list[int]:
-    """A list that gets the number of images of every Inception call from now on."""
+    """A list that gets the number of images of every Inception call of the evaluator from now on."""
     counted, inception_features = [], fid.inception_features
 
     def counting(images, *args, **kwargs):
@@ -366,7 +366,7 @@ def _count_inception_images(monkeypatch) -> list[int]:
         counted.append(sum(len(x) for x in images))
         return inception_features(images, *args, **kwargs)
 
-    monkeypatch.setattr(fid, "inception_features", counting)
+    monkeypatch.setattr(ev, "inception_features", counting)
     return counted
 
 

@@ -21,7 +21,7 @@ from models.card import (
     QualityBar,
 )
 from training import export as ex
-from training import int8_graph
+from training import grids, int8, int8_graph, model_folder, onnx_export
 from training.data.catalog import UNKNOWN_LICENSE, provenance
 from training.macs import count_macs
 from training.recipes import ExportSpec
@@ -127,7 +127,7 @@ def test_mac_count_of_the_cyclegan_resnet9_generator_at_256() -> None:
 def test_mac_count_of_a_sample_net_is_per_sample() -> None:
     net = TinySampler()
     per_sample = (8 * 7 * 7) * 16 + (8 * 7 * 7) * (1 * 16)  # linear + transposed conv at its input
-    assert ex.macs_256(net, SAMPLE) == per_sample
+    assert model_folder.macs_256(net, SAMPLE) == per_sample
 
 
 # -- ONNX + parity -------------------------------------------------------------------------------
@@ -149,15 +149,15 @@ def test_export_translate_model_writes_a_valid_card_and_dynamic_onnx(tmp_path: P
     assert card.parameters == sum(p.numel() for p in net.parameters())
     assert card.training.recipe_config["onnx_exporter"] == "torchscript"
     assert card.parity.exporter == "torchscript" and card.parity.weights == "trained" and card.notes == ""
-    assert [(c.batch, c.size) for c in card.parity.cases] == ex.parity_shapes(TRANSLATE)
+    assert [(c.batch, c.size) for c in card.parity.cases] == onnx_export.parity_shapes(TRANSLATE)
     assert [c.max_abs_err for c in card.parity.cases] == [r.max_abs_err for r in res.parity]
     assert card.parity.max_abs_err() <= card.parity.tolerance == ex.ExportOptions().atol
     assert card.int8_gate is None and card.quality_bar is None
     assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.onnx", "samples.png"]
-    assert (folder / "samples.png").stat().st_size <= ex.GRID_MAX_BYTES
+    assert (folder / "samples.png").stat().st_size <= grids.GRID_MAX_BYTES
     assert not list(tmp_path.glob(".tiny-translate*")), "temporary folders must not be left behind"
 
-    sess = ex.ort_session(folder / "model.onnx")
+    sess = onnx_export.ort_session(folder / "model.onnx")
     assert [i.name for i in sess.get_inputs()] == [IMAGE_INPUT]
     assert [o.name for o in sess.get_outputs()] == [OUTPUT]
     x = torch.rand(3, 3, 20, 44) * 2 - 1  # another batch and an odd aspect ratio
@@ -170,12 +170,14 @@ def test_export_translate_model_writes_a_valid_card_and_dynamic_onnx(tmp_path: P
 def test_parity_check_catches_a_model_changed_after_export(tmp_path: Path) -> None:
     net = TinyTranslator().eval()
     path = tmp_path / "m.onnx"
-    ex.export_onnx(net, TRANSLATE, path, prefer_dynamo=False)
-    ex.check_parity(net, path, TRANSLATE)  # the honest export passes
+    onnx_export.export_onnx(net, TRANSLATE, path, prefer_dynamo=False)
+    onnx_export.check_parity(net, path, TRANSLATE)  # the honest export passes
     with torch.no_grad():
         net.body[-2].bias += 0.01  # the net the card would describe is no longer the exported one
-    with pytest.raises(ex.ExportError, match=r"parity check failed: .* > 1e-04 .*max \|ort - torch\|"):
-        ex.check_parity(net, path, TRANSLATE)
+    with pytest.raises(
+        onnx_export.ExportError, match=r"parity check failed: .* > 1e-04 .*max \|ort - torch\|"
+    ):
+        onnx_export.check_parity(net, path, TRANSLATE)
 
 
 def test_export_sample_model_takes_z_and_label(tmp_path: Path) -> None:
@@ -186,7 +188,7 @@ def test_export_sample_model_takes_z_and_label(tmp_path: Path) -> None:
     )  # fmt: skip
     card = ModelCard.load(tmp_path / "tiny-sample")
     assert card.classes == ["apple", "cat", "fish"] and card.latent_dim == 8 and card.input is None
-    sess = ex.ort_session(tmp_path / "tiny-sample" / "model.onnx")
+    sess = onnx_export.ort_session(tmp_path / "tiny-sample" / "model.onnx")
     assert [i.name for i in sess.get_inputs()] == [Z_INPUT, LABEL_INPUT]
     z, label = torch.randn(5, 8), torch.tensor([0, 1, 2, 1, 0])
     out = sess.run([OUTPUT], {Z_INPUT: z.numpy(), LABEL_INPUT: label.numpy()})[0]
@@ -224,7 +226,7 @@ def test_int8_is_kept_only_within_the_metric_threshold(tmp_path: Path) -> None:
     reference = net(torch.from_numpy(calib[0][IMAGE_INPUT])).detach().numpy()
 
     def error_vs_torch(path: Path) -> float:  # lower is better; fp32 ~ 0, int8 > 0
-        out = ex.ort_session(path).run([OUTPUT], calib[0])[0]
+        out = onnx_export.ort_session(path).run([OUTPUT], calib[0])[0]
         return float(np.abs(out - reference).mean()) + 1e-3
 
     metrics = [{"name": "err", "value": 0.5, "split": "test", "protocol": "p", "command": "c"}]
@@ -236,7 +238,7 @@ def test_int8_is_kept_only_within_the_metric_threshold(tmp_path: Path) -> None:
     gate = ModelCard.load(tmp_path / "q").int8_gate  # what the card on disk says
     assert kept.card.precision == "int8" and gate == kept.int8 and gate.shipped == "int8"
     assert gate.metric == "err" and not gate.higher_is_better and gate.threshold == 1e9
-    ex.export_onnx(net, TRANSLATE, tmp_path / "fp32.onnx", prefer_dynamo=False)
+    onnx_export.export_onnx(net, TRANSLATE, tmp_path / "fp32.onnx", prefer_dynamo=False)
     assert gate.fp32 == pytest.approx(error_vs_torch(tmp_path / "fp32.onnx"))
     assert gate.int8 == pytest.approx(error_vs_torch(tmp_path / "q" / "model.onnx"))  # the shipped file
     assert gate.speedup > 0 and gate.calibration_inputs == 4 and gate.command.endswith("--int8")
@@ -259,19 +261,19 @@ def test_quality_bar_is_recorded_and_checked(tmp_path: Path) -> None:
     card = ModelCard.load(tmp_path / "b")
     assert card.quality_bar == bar and card.quality_bar.met and card.parity.weights == "dequantized_int8"
     assert res.card == card
-    with pytest.raises(ex.ExportError, match="--quality-bar is not a valid quality-bar verdict"):
-        ex.quality_bar_from_json('{"description": "x", "criteria": [], "met": true}')
-    assert ex.quality_bar_from_json(bar.model_dump_json()) == bar
+    with pytest.raises(onnx_export.ExportError, match="--quality-bar is not a valid quality-bar verdict"):
+        model_folder.quality_bar_from_json('{"description": "x", "criteria": [], "met": true}')
+    assert model_folder.quality_bar_from_json(bar.model_dump_json()) == bar
 
 
 def _onnx_of(net: nn.Module, path: Path, channels: int = 3) -> Path:
     spec = TRANSLATE if channels == 3 else ExportSpec(**{**TRANSLATE.__dict__, "input_channels": channels})
-    ex.export_onnx(net.eval(), spec, path, prefer_dynamo=False)
+    onnx_export.export_onnx(net.eval(), spec, path, prefer_dynamo=False)
     return path
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    return ex.ort_session(path).run([OUTPUT], {IMAGE_INPUT: x})[0]
+    return onnx_export.ort_session(path).run([OUTPUT], {IMAGE_INPUT: x})[0]
 
 
 @pytest.mark.parametrize(
@@ -308,7 +310,7 @@ def _tiny_int8(tmp_path: Path, seed: int) -> tuple[nn.Module, Path, Path]:
     fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
     rng = np.random.default_rng(seed)
     calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
-    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    int8.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
     return net, fp32, tmp_path / "int8.onnx"
 
 
@@ -350,7 +352,7 @@ def test_int8_keeps_a_conv_transpose_it_cannot_rewrite_in_fp32(tmp_path: Path) -
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ConvTranspose2d(4, 3, 3, stride=1, padding=1))
     fp32 = _onnx_of(net, tmp_path / "fp32.onnx")
     calib = [{IMAGE_INPUT: np.random.default_rng(2).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)}]
-    ex.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    int8.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
     graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     (convt,) = [n for n in graph.node if n.op_type == "ConvTranspose"]
     assert convt.input[1] in {t.name for t in graph.initializer}  # fp32 weights, no per-run dequantize
@@ -379,7 +381,7 @@ def test_metrics_from_eval_keep_the_exported_net_and_its_headline() -> None:
         ],
         "headline": {"G_AB": "fid_A2B", "G_BA": "fid_B2A"},
     }
-    metrics, head = ex.metrics_from_eval(report, "G_AB")
+    metrics, head = model_folder.metrics_from_eval(report, "G_AB")
     assert [m["name"] for m in metrics] == ["fid_A2B", "steps"] and head == "fid_A2B"
     assert all("net" not in m for m in metrics)
     json.dumps(metrics)

@@ -112,7 +112,7 @@ def test_onnx_graph_matches_torch_at_several_sizes(tmp_path: Path, detail: bool)
     """The whole graph, low-resolution copy and full-resolution step included, in onnxruntime:
     square, non-square and larger-than-traced sizes, and batch 2."""
     ort = pytest.importorskip("onnxruntime")
-    from training.export import export_onnx
+    from training.onnx_export import export_onnx
     from training.recipes import ExportSpec
 
     net = _trained_like(low_size=32, detail=detail)

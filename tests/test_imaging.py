@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.grid import tile
 from service import imaging
 from service.config import load_settings
 from service.imaging import DecodedImage, ImageError, Limits
@@ -440,3 +441,13 @@ def test_png_answers_decode_to_the_exact_pixels(shape: tuple[int, ...]) -> None:
         encode_png(arr.astype(np.uint16))
     with pytest.raises(ValueError, match="expected"):
         encode_png(np.zeros((2, 2, 5), np.uint8))
+
+
+def test_tile_places_ragged_rows_at_the_top_left() -> None:
+    a, b, c = np.full((2, 3, 1), 1, np.uint8), np.full((4, 1, 1), 2, np.uint8), np.full((1, 1), 3, np.uint8)
+    grid = tile([[a, b], [c]], pad=1, pad_value=9, border=False)
+    # each row as high as its highest image, the grid as wide as its widest row
+    assert grid.shape == (4 + 1 + 1, 3 + 1 + 1, 1)
+    assert (grid[:2, :3] == 1).all() and (grid[:4, 4] == 2).all() and grid[5, 0] == 3
+    assert grid[2, 0] == 9 and grid[4, 0] == 9 and (grid[:, 3] == 9).all()  # the gaps
+    assert tile([[a]], pad=2).shape == (6, 7, 1)  # the border

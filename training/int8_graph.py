@@ -1,6 +1,6 @@
 """Exact rewrites of an fp32 ONNX graph that let onnxruntime's int8 kernels run it fast.
 
-``training.export.quantize_int8`` applies them before static quantisation; each returns the graph
+``training.int8.quantize_int8`` applies them before static quantisation; each returns the graph
 computing the same values in fp32 (tests/test_export.py checks that), only made of ops for which
 onnxruntime's CPU provider has a fast int8 kernel:
 
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from onnx import helper, numpy_helper
 
 MIN_CONV_OUT = 16
 SUBPIXEL_KEY = "transfigure.subpixel_conv_transpose"  # metadata: the rewritten kernels' layouts
@@ -30,8 +31,6 @@ WIDENED_SUFFIX = "_widened"  # a widened tensor's name: the original's + this; i
 
 
 def _attrs(node) -> dict[str, Any]:
-    from onnx import helper
-
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -40,8 +39,6 @@ def _nodes_with_weights(graph, op_type: str, inits: dict) -> Iterator[tuple[Any,
 
     Iterates over a snapshot, so the caller may replace the node it is given.
     """
-    from onnx import numpy_helper
-
     for node in list(graph.node):
         if node.op_type == op_type and len(node.input) >= 2 and node.input[1] in inits:
             yield node, _attrs(node), numpy_helper.to_array(inits[node.input[1]])
@@ -60,8 +57,6 @@ def widen_thin_convs(model, min_out: int = MIN_CONV_OUT) -> list[str]:
     The extra filters and biases are zero and a Slice keeps the original channels, so the outputs are
     unchanged. Returns the widened nodes' names.
     """
-    from onnx import helper, numpy_helper
-
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     widened = []
@@ -114,8 +109,6 @@ def subpixel_conv_transpose(model) -> list[str]:
     (ry, rx) is therefore an ordinary Conv over the input with the taps it uses and the zero padding
     its offsets need; concatenated in DCR order, DepthToSpace(2) interleaves them. Exact in fp32.
     """
-    from onnx import helper, numpy_helper
-
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     rewritten, layouts = [], []

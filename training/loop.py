@@ -40,9 +40,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import json
 import math
-import os
 import platform
 import random
 import signal
@@ -53,11 +51,17 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
+from tqdm import tqdm
+
+from models.files import atomic_link_or_copy, atomic_write, atomic_write_json
+from models.grid import tile
+from training import distributed
 
 # the configuration machinery lives in training.config; recipes and tests also find it here
 from training.config import (  # noqa: F401
@@ -67,11 +71,10 @@ from training.config import (  # noqa: F401
     TrainConfig,
     add_config_arguments,
     config_from_args,
+    config_from_dict,
     merge_resume_config,
 )
-
-if TYPE_CHECKING:
-    from training.distributed import Context
+from training.distributed import Context, plain_batch_norm, rank_and_world, rank_seed, wrap_recipe
 
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
@@ -194,7 +197,6 @@ class EMA:
     def __init__(self, net: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        from training.distributed import plain_batch_norm
 
         self.decay = decay
         # runs in one process: SyncBatchNorm layers of a net trained under DDP become plain again
@@ -365,8 +367,6 @@ def data_stream(
 
     In a distributed run (``rank``/``world_size`` default to the process group's) each rank gets
     its ``batch_size`` slice of the global batch of ``batch_size x world_size``."""
-    from training.distributed import rank_and_world
-
     group_rank, group_world = rank_and_world()
     rank = group_rank if rank is None else rank
     world_size = group_world if world_size is None else world_size
@@ -427,45 +427,18 @@ class Recipe(Protocol):
 def image_grid(rows: list[Tensor], value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
     """Stack equally sized image batches as rows of one grid (``C x H x W`` in [0, 1]); e.g.
     ``[real_A, fake_B, rec_A]`` gives one row per kind, one column per image."""
-    from torchvision.utils import make_grid
-
     lo, hi = value_range
     images = torch.stack([r.detach().float().cpu() for r in rows], dim=0)  # K x N x C x H x W
-    k, n = images.shape[:2]
     images = ((images - lo) / (hi - lo)).clamp(0, 1)
-    return make_grid(images.reshape(k * n, *images.shape[2:]), nrow=n, padding=2, pad_value=1.0)
+    if images.shape[2] == 1:  # grey previews are shown as RGB
+        images = images.expand(-1, -1, 3, -1, -1)
+    grid = tile(images.permute(0, 1, 3, 4, 2).numpy(), pad=2, pad_value=1.0)  # H x W x C
+    return torch.from_numpy(grid).permute(2, 0, 1).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------
 # checkpoints
 # ------------------------------------------------------------------------------------------------
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file and rename, so an interrupted write never leaves a broken file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)  # no second write of a large file
-    except OSError:
-        import shutil
-
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
 def step_checkpoint_name(step: int) -> str:
     return f"step_{step:07d}.pt"
 
@@ -482,7 +455,6 @@ class _GracefulStop:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        from tqdm import tqdm
 
         tqdm.write(f"{signal.Signals(signum).name}: stopping after this step and writing a checkpoint")
 
@@ -515,8 +487,6 @@ def train(
     still follows ``cfg.steps``. Returns 0, or 130 when stopped by Ctrl-C/SIGTERM.
     Under ``torchrun`` every process calls this; see :mod:`training.distributed`.
     """
-    from training import distributed
-
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ConfigError(f"--steps and --batch-size must be >= 1, got {cfg.steps} and {cfg.batch_size}")
     ctx = distributed.init_from_env()
@@ -555,9 +525,6 @@ def _train(
     ctx: Context,
 ) -> int:
     from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
-
-    from training.distributed import rank_seed, wrap_recipe
 
     if not cfg.out:
         cfg = dataclasses.replace(cfg, out=str(Path("runs") / name))
@@ -592,7 +559,6 @@ def _train(
                 f"its world size: resume with {saved_world} process(es) in all (torchrun --nnodes x "
                 "--nproc-per-node), or start a new run with another --out"
             )
-        from training.config import config_from_dict
 
         saved = config_from_dict(type(cfg), ckpt["config"])
         cfg = merge_resume_config(saved, cfg, explicit)
@@ -637,7 +603,7 @@ def _train(
 
     writer = None
     if ctx.is_main:
-        _write_json_atomic({"recipe": name, "config": asdict(cfg)}, run_dir / "config.json")
+        atomic_write_json(run_dir / "config.json", {"recipe": name, "config": asdict(cfg)})
         writer = SummaryWriter(str(run_dir / "tb"))
     t_start = time.perf_counter()
     saved_step = step
@@ -676,8 +642,8 @@ def _train(
         if ctx.distributed:
             state["rank_rng"], state["rank_extra"] = rngs, extras
         path = ckpt_dir / step_checkpoint_name(step)
-        atomic_torch_save(state, path)
-        _link_or_copy(path, last_path)
+        atomic_write(path, lambda f: torch.save(state, f))
+        atomic_link_or_copy(path, last_path)
         if cfg.keep_checkpoints > 0:
             for old in sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]:
                 old.unlink(missing_ok=True)
@@ -692,10 +658,12 @@ def _train(
             grid = recipe.sample_images(gens, step)
             for g, m in gens.items():
                 m.train(modes[g])
-        from torchvision.utils import save_image
 
         (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        save_image(grid, run_dir / "samples" / f"step_{step:07d}.png")
+        pixels = grid.mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+        Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(
+            run_dir / "samples" / f"step_{step:07d}.png"
+        )
         writer.add_image("samples", grid, step)
 
     last_step = cfg.steps if stop_at is None else min(cfg.steps, stop_at)

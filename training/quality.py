@@ -32,7 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
+from scipy.ndimage import laplace
+from skimage.metrics import structural_similarity
 
 from training.data.images import list_images, load_rgb_array
 
@@ -127,8 +130,6 @@ def psnr(a: np.ndarray, b: np.ndarray, max_value: float = 255.0) -> float:
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
     """Mean structural similarity of two single-channel images (Wang et al. 2004, Gaussian 11/1.5)."""
-    from skimage.metrics import structural_similarity
-
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"SSIM needs two 2-D images of the same shape, got {a.shape} and {b.shape}")
@@ -165,8 +166,6 @@ def sharpness_ratio(y: np.ndarray, y_ref: np.ndarray) -> float:
     1.0 means as much fine detail as the original; bicubic x4 lands far below (blur), a GAN
     upscaler closer to 1 (above 1: more high frequencies than the original — noise or artefacts).
     It says nothing about whether the detail is right; read it next to PSNR/SSIM."""
-    from scipy.ndimage import laplace
-
     ref = float(np.mean(laplace(y_ref.astype(np.float64)) ** 2))
     return float(np.mean(laplace(y.astype(np.float64)) ** 2)) / max(ref, 1e-12)
 
@@ -207,8 +206,6 @@ def evaluate_upscaler(upscale: Upscaler, images: Iterable[str | Path] | str | Pa
 def torch_upscaler(net: Any, device: str = "cpu", value_range: tuple[float, float] = (0.0, 1.0)) -> Upscaler:
     """Wrap an upscaling ``nn.Module`` (N x 3 x h x w in ``value_range`` -> N x 3 x sh x sw) as an
     :data:`Upscaler`: uint8 in, uint8 out (rounded like a saved PNG)."""
-    import torch
-
     lo, hi = value_range
 
     def upscale(lr: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ are exported in fp32: their network runs at 128 px, so INT8 would save little.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shlex
@@ -37,9 +38,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
 from models import zoo_dir
-from models.card import BarCriterion, QualityBar
+from models.card import BarCriterion, ModelCard, QualityBar
+from models.files import atomic_write
 from training.config import ConfigError, check_value_types, config_from_args, config_to_argv
+from training.grids import grid_png
+from training.quality import (
+    bicubic_downscale,
+    bicubic_upscale,
+    crop_to_multiple,
+    list_images,
+    load_rgb_array,
+)
 from training.recipes import recipe_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,18 +161,6 @@ def write_sr_comparison(models: Path, hr_dir: Path, names: tuple[str, ...] = ("s
                         crop: int = 96) -> Path | None:  # fmt: skip
     """``models/<last name>/compare.png``: for each HR image a centre crop of bicubic | each model |
     HR, upscaled from the same LR input through the exported ONNX files (what the service runs)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from training.export import grid_png
-    from training.quality import (
-        bicubic_downscale,
-        bicubic_upscale,
-        crop_to_multiple,
-        list_images,
-        load_rgb_array,
-    )
-
     paths = [models / n / "model.onnx" for n in names]
     if not all(p.is_file() for p in paths) or not Path(hr_dir).is_dir():
         return None
@@ -173,24 +175,12 @@ def write_sr_comparison(models: Path, hr_dir: Path, names: tuple[str, ...] = ("s
             outs.append((np.clip(y, 0, 1).transpose(1, 2, 0) * 255).round().astype(np.uint8))
         top, left = (hr.shape[0] - crop) // 2, (hr.shape[1] - crop) // 2
         rows.append([im[top : top + crop, left : left + crop] for im in [*outs, hr]])
-    out = models / names[-1] / "compare.png"
-    out.write_bytes(grid_png(rows, cell=192))
-    return out
+    return atomic_write(models / names[-1] / "compare.png", grid_png(rows, cell=192))
 
 
 def write_before_after(model_dir: Path, photos: list[Path], out: Path) -> Path:
     """A before/after figure: the photos at their own size (top row) and the model's output for each
     (bottom row), run through the model folder's ONNX file as shipped, written as a JPEG."""
-    import io
-
-    import numpy as np
-    import onnxruntime as ort
-    from PIL import Image
-
-    from models.card import ModelCard
-    from training.export import grid_png
-    from training.quality import load_rgb_array
-
     card = ModelCard.load(model_dir)
     lo, hi = card.input.range
     olo, ohi = card.output.range
@@ -207,9 +197,8 @@ def write_before_after(model_dir: Path, photos: list[Path], out: Path) -> Path:
         after.append((np.clip((y - olo) / (ohi - olo), 0, 1) * 255).round().astype(np.uint8))
     cell = max(im.shape[0] for im in before)
     png = grid_png([before, after], max_bytes=1 << 30, cell=cell)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(io.BytesIO(png)).convert("RGB").save(out, format="JPEG", quality=92)
-    return out
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return atomic_write(out, lambda f: image.save(f, format="JPEG", quality=92))
 
 
 @dataclass(frozen=True)

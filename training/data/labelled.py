@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from training.data.catalog import provenance
 from training.data.images import EmptyFolderError, list_images, open_image
 from training.loop import ConfigError
 
@@ -298,8 +299,6 @@ def describe_dataset(
 ) -> dict:
     """What a model card says about the data: provenance (name, source, license) + split sizes.
     A folder that is gone (a run exported elsewhere) gives the provenance with empty sizes."""
-    from training.data.catalog import provenance
-
     info: dict = {**provenance(folder).as_dict(), "split_sizes": {}}
     if Path(folder).is_dir():
         for split in ("train", "test"):

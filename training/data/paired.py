@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,6 @@ def resolve_paired_files(root: str | Path, phase: str = "train") -> list[tuple[P
             raise EmptyFolderError(f"{a_dir} and {b_dir}: no file names in common; pairs must share a name")
         missing = sorted(set(a_files) ^ set(b_files))
         if missing:
-            import warnings
-
             warnings.warn(
                 f"{root}: {len(missing)} file(s) without a partner ignored, e.g. {missing[0]}", stacklevel=2
             )

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from training.data.images import list_images, load_rgb_array
@@ -49,8 +51,6 @@ def random_dihedral(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def realworld_degradation(strength: float = 1.0):
     """albumentations pipeline for the LR patch: blur, noise, JPEG (each applied with p=0.5..0.7)."""
-    import albumentations as A
-
     s = max(0.0, float(strength))
     return A.Compose(
         [
@@ -118,8 +118,6 @@ def preview_pairs(
         size = min(hr_size, *hr.shape[:2]) // scale * scale
         hr = crop_to_multiple(center_crop(hr, size), scale)
         if hr.shape[0] != hr_size:  # keep the grid rectangular: small images are enlarged
-            from PIL import Image
-
             hr = np.asarray(Image.fromarray(hr).resize((hr_size, hr_size), Image.Resampling.BICUBIC))
         lr = bicubic_downscale(hr, scale)
         lrs.append(to_tensor(lr))

@@ -21,10 +21,10 @@ export has no sample grid and no ``--int8``):
   :mod:`training.evaluate` (own-size translation, upscaling, sample judge); ``data`` and ``judge``
   are ``transfigure evaluate``'s ``--data`` and ``--judge``. Returns the folder the report is named
   after ("" for none);
-* ``export_io(run, net, spec, options) -> training.export.ExportIO`` — the sample grid, the INT8
+* ``export_io(run, net, spec, options) -> training.export_io.ExportIO`` — the sample grid, the INT8
   calibration inputs and the INT8 headline metric of one net, usually made by the shared makers of
-  :mod:`training.export` (``translation_export_io``, ``upscale_export_io``, ``sample_export_io``);
-  ``options`` is a :class:`training.export.IOOptions` (``--data``, ``--judge``, image counts);
+  :mod:`training.export_io` (``translation_export_io``, ``upscale_export_io``, ``sample_export_io``);
+  ``options`` is a :class:`training.export_io.IOOptions` (``--data``, ``--judge``, image counts);
 * ``with_data(config, data) -> config`` — the config with evaluate's / export's ``--data`` applied;
   default: ``data`` replaces ``config.data``.
 
@@ -48,15 +48,20 @@ state (``rank_rng``, ``rank_extra``).
 
 from __future__ import annotations
 
+# torch and onnx are imported inside the functions that need them: `transfigure` imports this module
+# for its list of commands, also where only the serve extra (no torch) is installed
 import dataclasses
 import importlib
 import json
+import math
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.card import CARD_FILE, ModelCard
 from training.config import config_from_dict  # noqa: F401  (rebuilds a saved config; reads former names)
 
 RECIPE_MODULES = {
@@ -105,7 +110,6 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded.append(True)
-    from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         RECIPE_MODULES.setdefault(ep.name, ep.value)
@@ -223,8 +227,6 @@ def load_run_from_card(
     """
     import torch
 
-    from models.card import CARD_FILE, ModelCard
-
     folder = Path(folder)
     card = ModelCard.load(folder / CARD_FILE)
     saved = card.training.recipe_config
@@ -315,8 +317,6 @@ def _initializers_by_torch_name(
     tensor is found through the ``pkg.torch.onnx.name_scopes`` metadata of the node that reads it:
     the only tensor of that node with the same number of elements not already taken by the module.
     """
-    import math
-
     from training.int8_graph import WIDENED_SUFFIX, merge_phase_weights
 
     arrays = _constant_tensors(graph, dequantize)

@@ -50,10 +50,13 @@ from training.data.labelled import (  # noqa: F401 - resolve_data_fields: also t
     resolve_data_fields,
 )
 from training.diffaug import POLICIES, diff_augment, parse_policy
+from training.evaluate import evaluate_samples
+from training.export_io import sample_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, recalibrate_batch_norm, to_device
 from training.losses import GANLoss, gradient_penalty
 from training.networks.conditional import OUTPUT_SIZES, ConditionalGenerator, ProjectionDiscriminator
 from training.recipes import ExportSpec
+from training.recipes.classifier import load_judge
 from training.recipes.common import AdversarialConfig, gan_loss_field
 
 NAME = "cgan"
@@ -297,9 +300,6 @@ class CGANRecipe:
 def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
     """The samples as the judge (``--judge``, a classifier run on the same data) sees them, against
     the test split (see :func:`training.evaluate.evaluate_samples`)."""
-    from training.evaluate import evaluate_samples
-    from training.recipes.classifier import load_judge
-
     if not judge:
         raise ValueError(
             "cgan evaluation needs a judge: --judge RUN of `transfigure train classifier` on the same data"
@@ -319,8 +319,6 @@ def evaluate(run, report, options, data: str | None = None, judge: str | None = 
 
 def export_io(run, net: str, spec: ExportSpec, options):
     """Grid and calibration from seeded noise; the INT8 metric asks the ``--judge`` classifier."""
-    from training.export import sample_export_io
-    from training.recipes.classifier import load_judge
 
     def judge():
         judge_net, jcfg = load_judge(options.judge)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from training.config import ConfigError, TrainConfig, add_config_arguments
 from training.data.labelled import LabelledImages, load_split, load_train_set, resolve_data_fields
@@ -31,7 +32,7 @@ from training.diffaug import translate
 from training.distributed import is_main_process
 from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule, to_device
 from training.networks.conditional import OUTPUT_SIZES, SampleClassifier
-from training.recipes import ExportSpec
+from training.recipes import ExportSpec, load_run
 
 NAME = "classifier"
 GRID_PER_CLASS = 8
@@ -148,8 +149,6 @@ def _input_size(judge: nn.Module) -> int | None:
 
 def load_judge(run: str | Path) -> tuple[nn.Module, Any]:
     """The classifier of a ``train classifier`` run (eval mode) and its config."""
-    from training.recipes import load_run
-
     loaded = load_run(run)
     if loaded.recipe != NAME:
         raise ValueError(
@@ -204,7 +203,6 @@ class ClassifierRecipe:
         if self.test is None:
             return image_grid([self.dataset.images[:GRID_PER_CLASS]])
         acc = accuracy(generators["C"], self.test.images, self.test.labels)
-        from tqdm import tqdm
 
         tqdm.write(f"step {step}: test accuracy {acc:.4f} ({len(self.test)} images)")
         labels = self.test.labels.numpy()

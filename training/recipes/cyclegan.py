@@ -23,8 +23,17 @@ from torch import Tensor, nn
 
 from training.config import ConfigError, add_config_arguments
 from training.data import UnpairedImageFolder
+from training.data.catalog import provenance  # name, source, license of known datasets
 from training.data.images import EmptyFolderError
 from training.data.unpaired import resolve_unpaired_files
+from training.evaluate import (
+    ImageRef,
+    TranslationData,
+    TranslationImages,
+    evaluate_run_translation,
+    image_file_batches,
+)
+from training.export_io import translation_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule
 from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss
 from training.networks import NORMS, PatchDiscriminator, ResnetGenerator
@@ -161,8 +170,6 @@ def domain_names(config: Config) -> tuple[str, str]:
 
 def dataset_info(config: Config) -> dict[str, Any]:
     """What we know of the training data for the card: path, layout/split rule and split sizes."""
-    from training.data.catalog import provenance  # name, source, license of known datasets
-
     info: dict[str, Any] = {**provenance(config.data).as_dict(), "path": config.data}
     if config.a_dir:
         info["split"] = (
@@ -207,8 +214,6 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
 def translation_images(config: Config, net: str):
     """The test images of ``net`` (G_AB or G_BA) and the training images of both domains for the
     domain judge (a :class:`training.evaluate.TranslationImages`)."""
-    from training.evaluate import ImageRef, TranslationImages
-
     cfg = config
     a_name, b_name = domain_names(cfg)
 
@@ -235,8 +240,6 @@ def translation_images(config: Config, net: str):
 def translation_data(config: Config, net: str):
     """Float batches at the training crop size of ``net``'s test inputs/targets and training inputs
     (a :class:`training.evaluate.TranslationData`, for export's grid and INT8)."""
-    from training.evaluate import TranslationData, image_file_batches
-
     cfg, crop = config, config.crop_size
 
     def files(phase: str) -> tuple[list[Path], list[Path]]:
@@ -255,15 +258,11 @@ def translation_data(config: Config, net: str):
 
 def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
     """Both directions, each image at its own size (see :mod:`training.evaluate`)."""
-    from training.evaluate import evaluate_run_translation
-
     evaluate_run_translation(run, report, options, TRANSLATE_NETS, translation_images)
     return run.config.data
 
 
 def export_io(run, net: str, spec: ExportSpec, options):
-    from training.export import translation_export_io
-
     return translation_export_io(run.nets[net], spec, translation_data(run.config, net), options)
 
 

@@ -24,8 +24,17 @@ from torch import Tensor, nn
 
 from training.config import ConfigError, add_config_arguments
 from training.data import PairedImageFolder
+from training.data.catalog import provenance  # name, source, license of known datasets
 from training.data.images import EmptyFolderError
 from training.data.paired import DIRECTIONS, resolve_paired_files
+from training.evaluate import (
+    ImageRef,
+    TranslationData,
+    TranslationImages,
+    dataset_batches,
+    evaluate_run_translation,
+)
+from training.export_io import translation_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule
 from training.losses import GANLoss, gradient_penalty, l1_loss
 from training.networks import PatchDiscriminator, UnetGenerator
@@ -100,8 +109,6 @@ def build_dataset(config: Config, phase: str, train: bool | None = None) -> Pair
 
 
 def dataset_info(config: Config) -> dict[str, Any]:
-    from training.data.catalog import provenance  # name, source, license of known datasets
-
     info: dict[str, Any] = {
         **provenance(config.data).as_dict(),
         "path": config.data,
@@ -137,8 +144,6 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
 def translation_images(config: Config, net: str = "G"):
     """The test pairs (input, ground truth) in ``direction`` and the training pairs' halves for the
     domain judge (a :class:`training.evaluate.TranslationImages`)."""
-    from training.evaluate import ImageRef, TranslationImages
-
     cfg = config
 
     def pairs(phase: str) -> list[tuple[ImageRef, ImageRef]]:
@@ -161,8 +166,6 @@ def translation_images(config: Config, net: str = "G"):
 def translation_data(config: Config, net: str = "G"):
     """Float batches at the training crop size of the test pairs and training inputs (a
     :class:`training.evaluate.TranslationData`, for export's grid and INT8)."""
-    from training.evaluate import TranslationData, dataset_batches
-
     cfg = config
 
     def paired(phase: str):
@@ -185,15 +188,11 @@ def translation_data(config: Config, net: str = "G"):
 def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
     """The generator against the paired ground truth, each image at its own size (see
     :mod:`training.evaluate`)."""
-    from training.evaluate import evaluate_run_translation
-
     evaluate_run_translation(run, report, options, TRANSLATE_NETS, translation_images)
     return run.config.data
 
 
 def export_io(run, net: str, spec: ExportSpec, options):
-    from training.export import translation_export_io
-
     return translation_export_io(run.nets[net], spec, translation_data(run.config, net), options)
 
 

@@ -34,11 +34,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from training.config import ConfigError, add_config_arguments
 from training.data.catalog import provenance
 from training.data.images import list_images
 from training.data.sr import SRPatches, preview_pairs
+from training.evaluate import evaluate_upscale
+from training.export_io import upscale_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule, to_device
 from training.losses import GANLoss, gradient_penalty, l1_loss
 from training.networks.sr import SCALES, CompactSRNet, SRDiscriminator
@@ -140,8 +143,6 @@ def with_data(config: Config, data: str) -> Config:
 
 def evaluate(run, report, options, data: str | None = None, judge: str | None = None) -> str:
     """PSNR/SSIM against bicubic on the HR test images of ``--data`` (default: the run's ``--val-data``)."""
-    from training.evaluate import evaluate_upscale
-
     hr_dir = data or run.config.val_data
     if not hr_dir:
         raise ValueError("srgan: pass --data DIR, a folder of HR test images (e.g. shared/data/Set5)")
@@ -151,8 +152,6 @@ def evaluate(run, report, options, data: str | None = None, judge: str | None = 
 
 def export_io(run, net: str, spec: ExportSpec, options):
     """Grid and INT8 PSNR on ``--data`` (default: ``--val-data``), calibration on the training images."""
-    from training.export import upscale_export_io
-
     hr_dir = options.data or run.config.val_data
     return upscale_export_io(run.nets[net], spec, hr_dir, run.config.data, options)
 
@@ -192,8 +191,6 @@ class SRGANRecipe:
         if cfg.init and not resuming:  # on resume the checkpoint holds the weights
             load_init(self.G, cfg.init, cfg)
         elif self.gan_phase and not cfg.init:
-            from tqdm import tqdm
-
             tqdm.write(
                 "warning: --phase gan without --init starts the GAN from scratch; pre-train with --phase psnr"
             )
@@ -281,7 +278,6 @@ class SRGANRecipe:
 
     def _validate(self, g: nn.Module, step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         # The loop has no evaluation hook, so the recipe logs its own scalars next to the loop's.
         if self._writer is None:
