@@ -483,7 +483,7 @@ def train(
 
     ``explicit``: the config fields the user set (from :func:`config_from_args`); on ``--resume`` the
     saved config is used and only these may change it (None: all of ``cfg`` counts as requested).
-    ``stop_at``: stop this session at that step with a checkpoint (tests, time boxes); the schedule
+    ``stop_at``: stop this process at that step with a checkpoint (tests, time boxes); the schedule
     still follows ``cfg.steps``. Returns 0, or 130 when stopped by Ctrl-C/SIGTERM.
     Under ``torchrun`` every process calls this; see :mod:`training.distributed`.
     """
