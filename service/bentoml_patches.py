@@ -296,3 +296,21 @@ def in_worker() -> bool:
     from bentoml._internal.context import server_context
 
     return server_context.worker_index is not None
+
+
+async def authorize_self_proxy(client: Any, token: str) -> None:
+    """Send ``Authorization: Bearer <token>`` on the service's calls to itself (the batching hop).
+
+    BentoML 1.4's self-proxy client has no public way to add a header. Its ``default_headers`` dict
+    is the one its ``SessionManager`` makes aiohttp sessions from, lazily; the header goes into both,
+    and a session made before this call is closed, so the next one carries the header.
+    """
+    bearer = f"Bearer {token}"
+    headers = getattr(client, "default_headers", None)
+    if isinstance(headers, dict):
+        headers["Authorization"] = bearer
+    manager = getattr(client, "_session_manager", None)
+    if manager is not None:
+        if isinstance(getattr(manager, "_headers", None), dict):
+            manager._headers["Authorization"] = bearer
+        await manager.close()

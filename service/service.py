@@ -408,7 +408,9 @@ class Transfigure:
             # concurrent requests run side by side in the inference lanes instead.
             return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
         if self.config.api_token and not self._proxy_auth_done:
-            await self._authorize_proxy(client)
+            # the hop goes back through our own middleware, token check included
+            await bentoml_patches.authorize_self_proxy(client, self.config.api_token)
+            self._proxy_auth_done = True
         try:
             encoded = await client.sample_batch(rows)
             return np.stack([np.frombuffer(base64.b64decode(row), np.uint8) for row in encoded])
@@ -417,23 +419,6 @@ class Transfigure:
             # ("Server disconnected", seen under load). Samples are pure: compute these here instead.
             log.warning("sample batching hop failed (%s); running this request unbatched", e)
             return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
-
-    async def _authorize_proxy(self, client: Any) -> None:
-        """The batching hop goes back through our own middleware, token check included.
-
-        BentoML 1.4's self-proxy has no public way to add a header: its default headers dict is
-        shared with its session manager, and sessions are created lazily, so we add ours there.
-        """
-        bearer = f"Bearer {self.config.api_token}"
-        headers = getattr(client, "default_headers", None)
-        if isinstance(headers, dict):
-            headers["Authorization"] = bearer
-        manager = getattr(client, "_session_manager", None)
-        if manager is not None:
-            if isinstance(getattr(manager, "_headers", None), dict):
-                manager._headers["Authorization"] = bearer
-            await manager.close()  # a session made before this point would lack the header
-        self._proxy_auth_done = True
 
     @bentoml.api
     async def sample(

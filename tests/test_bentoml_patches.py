@@ -354,3 +354,30 @@ async def _requests_left_alive(middleware: Any) -> tuple[list[int], int]:
 def test_bentoml_request_timer_keeps_a_finished_request_alive_and_the_patch_does_not() -> None:
     assert asyncio.run(_requests_left_alive(upstream("TimeoutMiddleware.__call__"))) == ([504, 200], 1)
     assert asyncio.run(_requests_left_alive(TimeoutMiddleware.__call__)) == ([504, 200], 0)
+
+
+# -- the self-proxy's token -------------------------------------------------------------------------
+
+
+def test_bentomls_self_proxy_makes_sessions_from_its_headers_dict_and_the_token_reaches_them() -> None:
+    """The batching hop's client keeps ``default_headers`` and a ``SessionManager`` that builds each
+    aiohttp session from the dict it was given; ``authorize_self_proxy`` relies on both."""
+    import attr
+    from _bentoml_impl.client.proxy2 import AsyncClient, SessionManager
+
+    assert "default_headers" in attr.fields_dict(AsyncClient)
+    assert "headers" in inspect.signature(SessionManager).parameters
+
+    async def scenario() -> None:
+        headers = {"User-Agent": "bentoml"}
+        manager = SessionManager("http://127.0.0.1:9", 1.0, headers)
+        early = await manager.get_session()  # made before the token is known
+        assert "Authorization" not in early.headers
+        client = SimpleNamespace(default_headers=headers, _session_manager=manager)
+        await bentoml_patches.authorize_self_proxy(client, "s3cret")
+        late = await manager.get_session()
+        assert early.closed and late is not early
+        assert late.headers["Authorization"] == "Bearer s3cret" == client.default_headers["Authorization"]
+        await manager.close()
+
+    asyncio.run(scenario())
