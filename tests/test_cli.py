@@ -5,29 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
+from tests.without_packages import run_without
 from training.cli import main
-
-# Runs a snippet in a fresh interpreter where importing torch (or anything listed) fails, as it
-# would with only the `serve` extra installed.
-_BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc, sys
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path, target=None):
-            if name.split('.')[0] in {blocked!r}:
-                raise ModuleNotFoundError(f"No module named '{{name}}'", name=name)
-            return None
-    sys.meta_path.insert(0, _Block())
-    """
-)
-
-
-def _run_without(blocked: set[str], code: str) -> subprocess.CompletedProcess:
-    script = _BLOCKER.format(blocked=blocked) + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
 
 
 def test_models_lists_empty_and_real_zoo_without_torch(tmp_path: Path) -> None:
@@ -36,7 +17,7 @@ def test_models_lists_empty_and_real_zoo_without_torch(tmp_path: Path) -> None:
     folder = tmp_path / "summer2winter"
     folder.mkdir()
     (folder / "card.json").write_text(json.dumps(_valid()))
-    proc = _run_without(
+    proc = run_without(
         {"torch", "torchvision"},
         f"""
         from training.cli import main
@@ -83,7 +64,7 @@ def test_models_empty_zoo(tmp_path: Path, capsys) -> None:
 
 
 def test_train_without_torch_names_the_extra() -> None:
-    proc = _run_without(
+    proc = run_without(
         {"torch", "torchvision"},
         """
         from training.cli import main

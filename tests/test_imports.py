@@ -4,13 +4,13 @@ modules, and nothing that needs the train extra on the path the serve-only insta
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.without_packages import run_without
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("training", "service", "models")
@@ -243,16 +243,7 @@ def test_the_check_catches(tmp_path: Path, where: str, code: str, expected: str)
     assert any(expected in p for p in check(root)), check(root)
 
 
-# A fresh interpreter in which importing torch (and the rest of the train extra) fails, as with only
-# the `serve` extra installed.
-_BLOCKER = """
-import importlib.abc, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in {blocked!r}:
-            raise ModuleNotFoundError(f"No module named '{{name}}'", name=name)
-        return None
-sys.meta_path.insert(0, _Block())
+_SERVE_COMMAND = """
 from training.cli import main
 try:
     rc = main({argv!r})
@@ -265,9 +256,6 @@ print("RC", rc)
 
 @pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["models", "--help"], ["batch", "--help"]])
 def test_the_serve_commands_work_without_the_train_extra(argv: list[str]) -> None:
-    script = _BLOCKER.format(blocked=TRAIN_ONLY, argv=argv)
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
-    )
+    proc = run_without(TRAIN_ONLY, _SERVE_COMMAND.format(blocked=TRAIN_ONLY, argv=argv))
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout and "RC 0" in proc.stdout, proc.stdout + proc.stderr
