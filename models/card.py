@@ -420,10 +420,13 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     """A schema 1 card as a schema 2 card.
 
     Version 2 added the typed ``parity``, ``int8_gate`` and ``quality_bar`` records (all optional)
-    and made ``method`` a recipe name rather than one of four. A version 1 card kept those results
-    as prose in ``notes``; it is upgraded without them, its notes kept as they are for people.
+    and made ``method`` a recipe name rather than one of four. A version 1 card kept the exporter's
+    results as a generated tail of ``notes`` (from ``" ONNX exporter:"`` on); the upgrade drops that
+    tail, so a re-export does not carry stale prose next to the records it measures anew, and keeps
+    the rest of the notes for people.
     """
-    return {**data, "schema_version": SCHEMA_VERSION}
+    notes = str(data.get("notes") or "").split(" ONNX exporter:")[0].strip()
+    return {**data, "notes": notes, "schema_version": SCHEMA_VERSION}
 
 
 def _describe(err: dict[str, Any]) -> str:

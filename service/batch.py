@@ -63,6 +63,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from models import card_paths
 from models.card import LABEL_INPUT, Z_INPUT, CardError
@@ -752,12 +753,8 @@ class _NoProgress:
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar (images/s and ETA); without tqdm installed, the closing summary line still prints."""
+    """A tqdm bar (images/s and ETA), or nothing when progress is off (the summary line still prints)."""
     if not enabled:
-        return _NoProgress()
-    try:
-        from tqdm import tqdm  # the serve extra has it; imported only when a bar is wanted
-    except ImportError:
         return _NoProgress()
     return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True, smoothing=0.1)
 

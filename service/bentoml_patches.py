@@ -8,16 +8,27 @@ anyway (at your own risk, e.g. to try a new BentoML); ``tests/test_bentoml_patch
 BentoML still behaves the way each patch works around, and what each patch changes through the app.
 
 ``upstream(name)`` returns BentoML's own attribute that a patch replaced (for those tests).
+BentoML's modules are imported inside the functions, after the version check, so that another
+BentoML fails with the message above rather than an ImportError from a moved private module.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from python_multipart.exceptions import FormParserError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.responses import JSONResponse, Response
+
 from service.admission import RETRY_AFTER_S
+from service.config import load_settings
 
 PINNED_VERSION = "1.4.39"
 FORCE_ENV = "TRANSFIGURE_UNPINNED_BENTOML"
@@ -43,8 +54,6 @@ def check_version(installed: str | None = None) -> None:
         f"is installed: install bentoml=={PINNED_VERSION}, or set {FORCE_ENV}=1 to apply the patches "
         "anyway (run tests/test_bentoml_patches.py to see which still fit)"
     )
-    from service.config import load_settings
-
     if load_settings().unpinned_bentoml:
         log.warning("%s; applying them because %s is set", message, FORCE_ENV)
         return
@@ -89,7 +98,6 @@ def _refuse_url_uploads() -> tuple[type, str, Callable[..., Any]]:
     """
     from _bentoml_impl.serde import MultipartSerde
     from bentoml.exceptions import BadInput
-    from starlette.datastructures import UploadFile
 
     async def ensure_file(obj: Any) -> UploadFile:
         if isinstance(obj, UploadFile):
@@ -112,10 +120,6 @@ def _malformed_multipart_is_400() -> tuple[type, str, Callable[..., Any]]:
     """
     from _bentoml_impl.serde import MultipartSerde
     from bentoml.exceptions import BadInput
-    from python_multipart.exceptions import FormParserError
-    from starlette.datastructures import UploadFile
-    from starlette.exceptions import HTTPException
-    from starlette.formparsers import MultiPartException
 
     parse_request = MultipartSerde.parse_request
 
@@ -184,7 +188,6 @@ def _serve_valid_openapi() -> tuple[type, str, Callable[..., Any]]:
     reject the original. BentoML's own client reads ``/schema.json``, which is left alone.
     """
     from _bentoml_impl.server.app import ServiceAppFactory
-    from starlette.responses import JSONResponse, Response
 
     async def openapi_spec_view(self: Any, req: Any) -> Response:
         try:
@@ -205,7 +208,6 @@ def _overload_answer_says_when_to_retry() -> tuple[type, str, Callable[..., Any]
     off; the /sample request already holds a slot, so refusing its hop turned it into a 500.
     """
     from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
-    from starlette.responses import JSONResponse
 
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if (
@@ -239,11 +241,8 @@ def _request_timer_is_cancelled() -> tuple[type, str, Callable[..., Any]]:
     timer run in an empty context and cancelled once the request is done. Why: memory grew with
     request rate x timeout (docs/RELIABILITY.md, "Load").
     """
-    import asyncio
-    import contextvars
 
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
-    from starlette.responses import JSONResponse
 
     async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):

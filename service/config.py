@@ -58,6 +58,7 @@ def _side(value: Any) -> Any:
 
 
 Number = Annotated[int, BeforeValidator(_number)]
+Limit = Annotated[int, BeforeValidator(_number), Field(ge=0)]  # 0: the default; negative: refused
 Side = Annotated[int | None, BeforeValidator(_side)]
 
 
@@ -113,7 +114,7 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(
         default=64,
         ge=1,
-        description="requests in flight per service before 503 (BentoML `traffic.max_concurrency`)",
+        description="requests in flight per service before 429 with `Retry-After` (BentoML `traffic.max_concurrency`)",
     )
     max_body_bytes: int = Field(
         default=0,
@@ -121,12 +122,12 @@ class Settings(BaseSettings):
         description="request body limit; larger bodies get 413 before they are read",
         json_schema_extra={"doc_default": "`MAX_BYTES + 1 MiB`"},
     )
-    max_bytes: Number = Field(
+    max_bytes: Limit = Field(
         default=_DEFAULTS.max_bytes,
         description="encoded image upload limit (413)",
         json_schema_extra={"doc_default": "`20971520` (20 MiB)"},
     )
-    max_pixels: Number = Field(
+    max_pixels: Limit = Field(
         default=_DEFAULTS.max_pixels,
         description="decoded pixel limit per image, checked from the header before decoding (decompression "
         "bombs); 413 above it",
@@ -157,9 +158,9 @@ class Settings(BaseSettings):
         default=_DEFAULTS.min_side, description="images with a side shorter than this are refused"
     )
     max_aspect: float = Field(
-        default=_DEFAULTS.max_aspect, description="longer/shorter side above this is refused"
+        default=_DEFAULTS.max_aspect, ge=1.0, description="longer/shorter side above this is refused"
     )
-    max_upscale_pixels: Number = Field(
+    max_upscale_pixels: Limit = Field(
         default=_DEFAULTS.max_upscale_pixels,
         description="`/upscale` input pixel limit (the output is scale² larger)",
     )

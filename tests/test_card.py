@@ -257,10 +257,13 @@ def test_shipped_headline_is_the_int8_files_measurement() -> None:
 
 def test_schema_1_card_is_upgraded_on_load(tmp_path: Path) -> None:
     data = _valid()
-    data.update(schema_version=1, notes="ONNX exporter: dynamo (opset 17). Prose, kept for people.")
+    people = "Trained on the full split. Quality bar MISSED: judge 30 % < 65 %."
+    generated = " ONNX exporter: dynamo (opset 17). Parity vs PyTorch: max abs err 2e-06 <= 1e-04."
+    data.update(schema_version=1, notes=people + generated)
     (tmp_path / "card.json").write_text(json.dumps(data))
     card = ModelCard.load(tmp_path)
-    assert card.schema_version == 2 and card.notes == data["notes"]
+    # the exporter's generated tail is dropped (export measures it anew, as records); the rest stays
+    assert card.schema_version == 2 and card.notes == people
     assert card.parity is None and card.int8_gate is None and card.quality_bar is None
     assert json.loads(card.to_json())["schema_version"] == 2
 

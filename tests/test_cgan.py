@@ -246,7 +246,7 @@ def test_recipe_trains_resumes_exactly_and_logs_samples(tmp_path: Path) -> None:
     # the checkpoint rebuilds the exported generator, with the class names
     run = load_run(tmp_path / "straight")
     assert run.used_ema and run.config.classes == ("apple", "cat", "fish")
-    out = run.generators["G"](torch.randn(2, 16), torch.tensor([0, 2]))
+    out = run.nets["G"](torch.randn(2, 16), torch.tensor([0, 2]))
     assert out.shape == (2, 1, 28, 28)
     spec = cgan.export_specs(run.config)["G"]
     assert (spec.task, spec.classes, spec.latent_dim, spec.output_size) == (
@@ -321,7 +321,7 @@ def test_diffaug_ops_keep_shape_pass_gradients_and_move_content() -> None:
 
 
 def test_bad_diffaug_policy_or_mode_seeking_weight_is_a_config_error() -> None:
-    from training.loop import ConfigError
+    from training.config import ConfigError
     from training.recipes import cgan
 
     with pytest.raises(ConfigError, match="blur"):

@@ -52,7 +52,7 @@ def test_classifier_reaches_high_accuracy_and_loads_as_a_judge(
     acc, n = classifier.held_out_accuracy(judge, cfg)
     assert acc == float(printed[1]) and n == 12
     # evaluation's generic loader finds the net under "C"; there is nothing to export
-    assert isinstance(load_run(out).generators["C"], SampleClassifier)
+    assert isinstance(load_run(out).nets["C"], SampleClassifier)
     assert classifier.export_specs(cfg) == {}
     assert (out / "samples" / "step_0000040.png").is_file()
 

@@ -91,3 +91,37 @@ def test_console_script_help() -> None:
     assert proc.returncode == 0
     for cmd in ("train", "evaluate", "export", "batch", "serve", "models"):
         assert cmd in proc.stdout
+
+
+def test_a_missing_package_of_an_extra_names_that_extra() -> None:
+    """Every package the train (serve) extra adds is one the CLI recognises as missing that extra."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    from training.cli import SERVE_ONLY_MODULES, TRAIN_ONLY_MODULES
+
+    project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]
+    import_name = {
+        "scikit-image": "skimage",
+        "scikit-learn": "sklearn",
+        "pydantic-settings": "pydantic_settings",
+    }
+
+    def names(requirements: list[str]) -> set[str]:
+        return {Requirement(r).name.lower() for r in requirements}
+
+    base, extras = names(project["dependencies"]), project["optional-dependencies"]
+    train, serve = names(extras["train"]), names(extras["serve"])
+    assert {import_name.get(n, n) for n in train - serve - base} <= TRAIN_ONLY_MODULES
+    assert {import_name.get(n, n) for n in serve - train - base} <= SERVE_ONLY_MODULES
+
+    proc = run_without(
+        {"skimage"},
+        """
+        from training.cli import main
+        print("RC", main(["evaluate", "nowhere"]))
+        """,
+    )
+    assert "RC 3" in proc.stdout and "transfigure[train]" in proc.stderr, proc.stdout + proc.stderr

@@ -118,6 +118,10 @@ def test_derived_limits_follow_what_they_derive_from(monkeypatch: pytest.MonkeyP
         ("TRANSFIGURE_MAX_PIXELS", "inf"),
         ("TRANSFIGURE_FULLRES_MAX_SIDE", "big"),
         ("TRANSFIGURE_MAX_ASPECT", "wide"),
+        ("TRANSFIGURE_MAX_ASPECT", "0.5"),  # below 1 every image would be refused
+        ("TRANSFIGURE_MAX_BYTES", "-5"),
+        ("TRANSFIGURE_MAX_PIXELS", "-3"),
+        ("TRANSFIGURE_MAX_UPSCALE_PIXELS", "-1"),
         ("TRANSFIGURE_SAMPLE_MAX_BATCH", "1"),
         ("TRANSFIGURE_SAMPLE_MAX_LATENCY_MS", "5"),
         ("TRANSFIGURE_SHARD_COUNT", "0"),

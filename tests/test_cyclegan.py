@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from training.cli import main
-from training.loop import ConfigError, Runtime, train
+from training.config import ConfigError
+from training.loop import Runtime, train
 from training.recipes import load_run, read_run_config
-from training.recipes.cyclegan import NAME, Config, CycleGAN, build_generators, export_specs
+from training.recipes.cyclegan import NAME, Config, CycleGAN, build_inference_nets, export_specs
 
 TINY = ["--size", "32", "--ngf", "8", "--ndf", "8", "--blocks", "2", "--num-workers", "0"]
 
@@ -93,10 +94,10 @@ def test_cli_help_and_a_three_step_run(fixtures_dir: Path, tmp_path: Path, capsy
     )
     assert rc == 0
     run = load_run(out)
-    assert run.recipe == "cyclegan" and run.step == 3 and set(run.generators) == {"G_AB", "G_BA"}
+    assert run.recipe == "cyclegan" and run.step == 3 and set(run.nets) == {"G_AB", "G_BA"}
     assert run.config.crop_size == 32 and run.config.load_size is None and run.config.flip
     with torch.no_grad():
-        assert run.generators["G_AB"](torch.zeros(1, 3, 36, 28)).shape == (1, 3, 36, 28)
+        assert run.nets["G_AB"](torch.zeros(1, 3, 36, 28)).shape == (1, 3, 36, 28)
     assert read_run_config(out)["config"]["n_blocks"] == 2
     assert (out / "samples" / "step_0000003.png").is_file()
     # a second run into the same folder is refused unless resumed
@@ -128,7 +129,7 @@ def test_contract_and_config_errors(fixtures_dir: Path) -> None:
         50,
         9,
     )
-    gens = build_generators(tiny(fixtures_dir))
+    gens = build_inference_nets(tiny(fixtures_dir))
     assert set(gens) == {"G_AB", "G_BA"}
     spec = export_specs(tiny(fixtures_dir))["G_BA"]
     assert (spec.task, spec.method, spec.multiple_of, spec.native_size) == ("translate", "cyclegan", 4, 32)
@@ -162,7 +163,7 @@ def test_guided_generator_trains_at_full_size_and_exports_resolution_free(
     assert main(["train", "cyclegan", "--data", str(fixtures_dir / "yosemite"), *args, "--steps", "2",
                  "--out", str(out)]) == 0  # fmt: skip
     run = load_run(out)
-    assert run.config.generator == "guided" and run.generators["G_AB"].multiple_of == 1
+    assert run.config.generator == "guided" and run.nets["G_AB"].multiple_of == 1
     spec = export_specs(run.config)["G_AB"]
     assert (spec.multiple_of, spec.native_size) == (1, 16)
     assert (

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from training import distributed
-from training.loop import EMA, ConfigError, StepSampler, train
+from training.config import ConfigError
+from training.loop import EMA, StepSampler, train
 
 dist = pytest.importorskip("torch.distributed")
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -147,7 +148,7 @@ def test_sync_batch_norm_shares_weights_and_converts_back_for_export() -> None:
     from training.recipes.cgan import Config, resolve_data_fields
 
     cfg = resolve_data_fields(Config(data=str(FIXTURES / "quickdraw"), latent_dim=8, ngf=4, embed_dim=4))
-    net = cgan.build_generators(cfg)["G"]
+    net = cgan.build_inference_nets(cfg)["G"]
     params = [id(p) for p in net.parameters()]
     keys = list(net.state_dict())
     assert distributed.sync_batch_norm(net) is net
@@ -157,7 +158,7 @@ def test_sync_batch_norm_shares_weights_and_converts_back_for_export() -> None:
 
     ema = EMA(net, 0.9)  # the copy that is sampled and exported runs in one process
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in ema.module.modules())
-    exported = cgan.build_generators(cfg)["G"]
+    exported = cgan.build_inference_nets(cfg)["G"]
     exported.load_state_dict(net.state_dict())  # a DDP run's checkpoint loads into the plain net
     exported.load_state_dict(ema.state_dict())
 
@@ -200,8 +201,8 @@ def test_every_recipe_trains_under_ddp_and_only_rank_0_writes(recipe: str, tmp_p
     from training.recipes import load_run
 
     loaded = load_run(run)  # what evaluate and export rebuild: plain nets, the checkpoint's weights
-    assert loaded.generators and not any(
-        isinstance(m, nn.SyncBatchNorm) for g in loaded.generators.values() for m in g.modules()
+    assert loaded.nets and not any(
+        isinstance(m, nn.SyncBatchNorm) for g in loaded.nets.values() for m in g.modules()
     )
 
 
@@ -230,7 +231,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(tmp_path: Path, small
                     b[group][net][key], value, rtol=1e-5, atol=1e-6, msg=f"{group}.{net}.{key}"
                 )
     # and the weights did move: the comparison is not between two untrained nets
-    fresh = srgan.build_generators(cfg)["G"].state_dict()
+    fresh = srgan.build_inference_nets(cfg)["G"].state_dict()
     assert any(not torch.allclose(v, fresh[k]) for k, v in a["nets"]["G"].items() if v.is_floating_point())
 
 

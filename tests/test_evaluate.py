@@ -218,7 +218,7 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     rebuilt = load_run_from_card(src)  # the fp32 file names every tensor of the card's net
     x = torch.rand(1, 3, 12, 20)
     with torch.inference_mode():
-        ours = next(iter(rebuilt.generators.values()))(x).numpy()
+        ours = next(iter(rebuilt.nets.values()))(x).numpy()
     theirs = ort_session(src / "model.onnx").run(["output"], {"image": x.numpy()})[0]
     assert np.abs(ours - theirs).max() < 1e-5
 
@@ -235,7 +235,7 @@ def test_zoo_model_is_reexported_from_its_card_and_fp32_file(runs, tmp_path: Pat
     assert "fp32 ONNX export" in capsys.readouterr().err
     # ...unless asked to dequantize its weights: then the net computes what the INT8 graph does, up to
     # the activations' quantisation
-    net = next(iter(load_run_from_card(int8_dir, dequantize=True).generators.values()))
+    net = next(iter(load_run_from_card(int8_dir, dequantize=True).nets.values()))
     with torch.inference_mode():
         deq = net(x).numpy()
     int8_out = ort_session(int8_dir / "model.onnx").run(["output"], {"image": x.numpy()})[0]
@@ -456,7 +456,7 @@ def test_run_evaluation_pads_a_resnet_to_its_multiple_at_each_images_own_size(ru
     }
     assert "multiple of 4" in m["fid_A2B"]["protocol"] and "own size" in m["fid_A2B"]["protocol"]
     # what the run's G_AB (EMA weights) makes of each test photo, padded as /translate pads it
-    net = load_run(run).generators["G_AB"]
+    net = load_run(run).nets["G_AB"]
     fakes = []
     for f in list_images(mixed / "testA"):
         a = load_rgb_array(f)

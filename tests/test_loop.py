@@ -16,20 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-from training.loop import (
-    EMA,
+from training.config import (
     ConfigError,
-    Runtime,
-    StepSampler,
     TrainConfig,
     add_config_arguments,
     config_from_args,
-    data_stream,
-    image_grid,
-    linear_decay_schedule,
     merge_resume_config,
-    train,
 )
+from training.loop import EMA, Runtime, StepSampler, data_stream, image_grid, linear_decay_schedule, train
 
 
 class ToyData:

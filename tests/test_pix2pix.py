@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from training.cli import main
-from training.loop import ConfigError, Runtime
+from training.config import ConfigError
+from training.loop import Runtime
 from training.losses import l1_loss
 from training.recipes import load_run
-from training.recipes.pix2pix import Config, Pix2Pix, build_generators, export_specs, unet_depth
+from training.recipes.pix2pix import Config, Pix2Pix, build_inference_nets, export_specs, unet_depth
 
 
 def tiny(fixtures_dir: Path, **kw) -> Config:
@@ -88,10 +89,10 @@ def test_cli_help_and_a_three_step_run(fixtures_dir: Path, tmp_path: Path, capsy
     args += ["--ndf", "8", "--steps", "3", "--num-workers", "0", "--out", str(out), "--ema-decay", "0.9"]
     assert main(["train", "pix2pix", *args]) == 0
     run = load_run(out)
-    assert run.recipe == "pix2pix" and run.step == 3 and run.used_ema and set(run.generators) == {"G"}
+    assert run.recipe == "pix2pix" and run.step == 3 and run.used_ema and set(run.nets) == {"G"}
     assert run.config.direction == "BtoA" and unet_depth(run.config) == 5
     with torch.no_grad():
-        assert run.generators["G"](torch.zeros(1, 3, 64, 32)).shape == (1, 3, 64, 32)
+        assert run.nets["G"](torch.zeros(1, 3, 64, 32)).shape == (1, 3, 64, 32)
     assert main(["train", "pix2pix", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "nowhere" in capsys.readouterr().err
 
@@ -106,7 +107,7 @@ def test_contract_and_defaults(fixtures_dir: Path) -> None:
         256,
         1,
     )
-    assert unet_depth(cfg) == 8 and build_generators(cfg)["G"].multiple_of == 256  # U-Net 256
+    assert unet_depth(cfg) == 8 and build_inference_nets(cfg)["G"].multiple_of == 256  # U-Net 256
     spec = export_specs(tiny(fixtures_dir))["G"]
     assert (spec.task, spec.method, spec.multiple_of, spec.native_size) == ("translate", "pix2pix", 32, 32)
     assert spec.dataset["split_sizes"] == {"train": 3, "test": 2}

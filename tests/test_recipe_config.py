@@ -72,12 +72,13 @@ def test_help_shows_only_the_current_names(capsys) -> None:
 @pytest.mark.parametrize("card_path", card_paths(), ids=[p.parent.name for p in card_paths()])
 def test_shipped_cards_rebuild_their_configs(card_path) -> None:
     saved = json.loads(card_path.read_text())["training"]["recipe_config"]
-    config = config_from_dict(recipe_module(saved["recipe"]).Config, saved["config"])
-    old_names = {"loss": "gan_loss", "label_smoothing": "real_label"}
+    config_cls = recipe_module(saved["recipe"]).Config
+    config = config_from_dict(config_cls, saved["config"])
     for key, value in saved["config"].items():
-        if key in old_names:  # a former name: the value reaches the current field
-            expected = 1.0 - value if key == "label_smoothing" else value
-            assert getattr(config, old_names[key]) == pytest.approx(expected)
+        if key in config_cls.renamed:  # a former name: the value reaches the current field
+            renamed = config_cls.renamed[key]
+            expected = renamed.convert(value) if renamed.convert else value
+            assert getattr(config, renamed.new) == pytest.approx(expected), key
         else:
             assert getattr(config, key) == (tuple(value) if isinstance(value, list) else value), key
 

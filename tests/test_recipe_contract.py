@@ -39,6 +39,10 @@ def test_register_recipe_adds_a_name_and_refuses_to_rebind_one(tiny) -> None:
         register_recipe("cyclegan", "tests.tiny_recipe")
     with pytest.raises(ValueError, match="unknown recipe 'nope'"):
         recipe_module("nope")
+    for bad in ("My-Recipe", "tiny recipe", "2gan", ""):  # names a model card's method could not carry
+        with pytest.raises(ValueError, match="lower-case letters"):
+            register_recipe(bad, "tests.tiny_recipe")
+        assert bad not in recipe_names()
 
 
 @needs_inception

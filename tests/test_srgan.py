@@ -171,7 +171,7 @@ def test_psnr_phase_logs_validation_and_sample_grid(psnr_run: tuple[Path, Path])
     assert {"val/psnr_y", "val/ssim_y", "val/psnr_y_bicubic"} <= set(acc.Tags()["scalars"])
     bicubic = quality.evaluate_upscaler(quality.bicubic_upscaler(4), val, 4).mean["psnr_y"]
     assert acc.Scalars("val/psnr_y_bicubic")[-1].value == pytest.approx(bicubic, abs=1e-4)
-    model = quality.evaluate_upscaler(quality.torch_upscaler(load_run(run).generators["G"]), val, 4)
+    model = quality.evaluate_upscaler(quality.torch_upscaler(load_run(run).nets["G"]), val, 4)
     assert acc.Scalars("val/psnr_y")[-1].value == pytest.approx(model.mean["psnr_y"], abs=1e-4)
 
     spec = srgan.export_specs(load_run(run).config)["G"]
@@ -207,7 +207,8 @@ def test_gan_phase_starts_from_the_psnr_run_and_resumes_exactly(
 
 
 def test_init_from_a_different_architecture_says_what_to_pass(tmp_path: Path) -> None:
-    from training.loop import ConfigError, train
+    from training.config import ConfigError
+    from training.loop import train
     from training.recipes import srgan
 
     train("srgan", _config(tmp_path / "p", steps=1, sample_every=0), srgan.SRGANRecipe)

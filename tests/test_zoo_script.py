@@ -31,7 +31,7 @@ def _eval_json(tmp_path: Path, metrics: dict[str, float], net: str = "G") -> Pat
 
 
 def test_psnr_bar_met_and_missed(tmp_path) -> None:
-    check = zoo._bar_psnr(30.5)
+    check = zoo.bar_psnr(30.5)
     met = zoo.bar_verdict(check, _eval_json(tmp_path, {"psnr_y_x4": 30.61, "psnr_y_bicubic_x4": 28.4}), "G")
     [crit] = met.criteria
     assert met.met and (crit.metric, crit.value, crit.limit) == ("psnr_y_x4", 30.61, 30.5)
@@ -43,7 +43,7 @@ def test_psnr_bar_met_and_missed(tmp_path) -> None:
 
 
 def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) -> None:
-    check = zoo._bar_fid("A2B", below_identity=0.0, judge_share=0.6)
+    check = zoo.bar_fid("A2B", below_identity=0.0, judge_share=0.6)
     good = {"fid_A2B": 70.0, "fid_identity_A2B": 79.0, "judge_target_share_A2B": 0.65}
     verdict = zoo.bar_verdict(check, _eval_json(tmp_path, good, "G_AB"), "G_AB")
     assert verdict.met and [c.metric for c in verdict.criteria] == ["fid_A2B", "judge_target_share_A2B"]
@@ -54,13 +54,13 @@ def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) ->
     worse_fid = {**good, "fid_A2B": 85.0}
     verdict = zoo.bar_verdict(check, _eval_json(tmp_path, worse_fid, "G_AB"), "G_AB")
     assert not verdict.met and verdict.criteria[0].value == 85.0
-    ratio = zoo._bar_fid("x", max_identity_ratio=1.10, judge_share=0.65)
+    ratio = zoo.bar_fid("x", max_identity_ratio=1.10, judge_share=0.65)
     ok = ratio({"fid_x": 86.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7})
     assert ok.met and ok.criteria[0].limit == pytest.approx(86.9)
     assert ok.criteria[0].context == {"fid_identity_x": 79.0}
     assert not ratio({"fid_x": 87.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7}).met  # 1.101 x
     assert not ratio({"fid_x": 80.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.6}).met  # judge
-    monet = zoo._bar_fid("x", below_identity=0.15)
+    monet = zoo.bar_fid("x", below_identity=0.15)
     assert not monet({"fid_x": 120.0, "fid_identity_x": 135.0}).met  # 11 % below: not enough
     assert monet({"fid_x": 110.0, "fid_identity_x": 135.0}).met
     assert not monet({"fid_x": 110.0}).met  # no identity baseline: no limit to meet
@@ -69,17 +69,17 @@ def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) ->
 def test_cgan_bar_is_per_class(tmp_path) -> None:
     m = {"judge_accuracy_samples_cat": 0.95, "judge_accuracy_real_cat": 0.97,
          "judge_accuracy_samples_dog": 0.80, "judge_accuracy_real_dog": 0.96}  # fmt: skip
-    bar = zoo._bar_judge_per_class(m)
+    bar = zoo.bar_judge_per_class(m)
     assert not bar.met and "dog" in bar.criteria[0].metric
     assert bar.criteria[0].value == pytest.approx(0.80 / 0.96)
     m["judge_accuracy_samples_dog"] = 0.90
-    assert zoo._bar_judge_per_class(m).met
+    assert zoo.bar_judge_per_class(m).met
     m.update(
         diversity_samples_cat=2.0, diversity_real_cat=4.0, diversity_samples_dog=3.0, diversity_real_dog=3.0
     )
-    context = zoo._bar_judge_per_class(m).criteria[0].context  # reported, not part of the bar
+    context = zoo.bar_judge_per_class(m).criteria[0].context  # reported, not part of the bar
     assert context["diversity_samples_vs_real_min"] == 0.5 and context["diversity_samples_vs_real_max"] == 1.0
-    assert not zoo._bar_judge_per_class({}).met
+    assert not zoo.bar_judge_per_class({}).met
 
 
 def test_export_args_carry_the_verdict_only_when_the_evaluation_exists(tmp_path) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from training.config import TrainConfig, add_config_arguments
 from training.data import UnpairedImageFolder, resolve_unpaired_files
-from training.loop import Runtime, TrainConfig, add_config_arguments, cli_train, data_stream, image_grid
+from training.loop import Runtime, batch_stream, cli_train, image_grid
 from training.recipes import ExportSpec
 
 NAME = "tiny"
@@ -108,7 +109,7 @@ class TinyRecipe:
         self.schedulers: dict = {}
 
     def batches(self, start_step: int):
-        return data_stream(self.dataset, self.cfg.batch_size, self.cfg.seed, start_step, self.cfg.num_workers)
+        return batch_stream(self.dataset, self.cfg, self.rt, start_step)
 
     def train_step(self, batch: dict, step: int) -> dict[str, Tensor]:
         a, b = batch["A"].to(self.rt.device), batch["B"].to(self.rt.device)

@@ -28,16 +28,33 @@ class MissingExtra(SystemExit):
     pass
 
 
+# import names of the packages only an extra installs (tests/test_cli.py checks them against pyproject)
+TRAIN_ONLY_MODULES = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "albumentations",
+        "onnx",
+        "onnxscript",
+        "tensorboard",
+        "scipy",
+        "skimage",
+        "sklearn",
+    }
+)
+SERVE_ONLY_MODULES = frozenset({"bentoml", "pydantic_settings"})
+
+
 def _import(module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in {"torch", "torchvision", "albumentations", "onnx", "scipy"}:
+        if e.name and e.name.split(".")[0] in TRAIN_ONLY_MODULES:
             raise MissingExtra(
                 f"transfigure: '{module}' needs {e.name}, which is not installed.\n"
                 "Install the training extra:  pip install 'transfigure[train]'"
             ) from None
-        if e.name and e.name.split(".")[0] in {"bentoml", "onnxruntime"}:
+        if e.name and e.name.split(".")[0] in SERVE_ONLY_MODULES | {"onnxruntime"}:
             raise MissingExtra(
                 f"transfigure: '{module}' needs {e.name}, which is not installed.\n"
                 "Install the serving extra:  pip install 'transfigure[serve]'"

@@ -529,7 +529,7 @@ def translation_metrics(
 def _torch_protocol(run, net: str, device: str) -> str:
     weights = "EMA weights" if run.used_ema else "weights"
     return own_size_protocol(f"the run's PyTorch {net} ({weights} of step {run.step}, {device}, fp32)",
-                             int(getattr(run.generators[net], "multiple_of", 1)))  # fmt: skip
+                             int(getattr(run.nets[net], "multiple_of", 1)))  # fmt: skip
 
 
 def evaluate_run_translation(
@@ -592,7 +592,7 @@ def evaluate_upscale(
     images of ``hr_dir``, next to the bicubic baseline through the same code path."""
     scale = int(spec.scale)
     files = list_images(hr_dir)[: opts.limit] if opts.limit else list_images(hr_dir)
-    model = evaluate_upscaler(upscaler_from_fn(torch_fn(run.generators[net], opts.device), spec.input_range),
+    model = evaluate_upscaler(upscaler_from_fn(torch_fn(run.nets[net], opts.device), spec.input_range),
                               files, scale)  # fmt: skip
     bicubic = evaluate_upscaler(bicubic_upscaler(scale), files, scale)
     split = f"{Path(hr_dir).name} ({len(files)} HR images, x{scale})"
@@ -605,10 +605,10 @@ def evaluate_upscale(
         )
     report.per_image[net] = {"model": model.per_image, "bicubic": bicubic.per_image}
     report.headline.setdefault(net, f"psnr_y_x{scale}")
-    report.grids[net] = _sr_grid(run.generators[net], spec, files[: opts.grid_images], opts)
+    report.grids[net] = sr_grid(run.nets[net], spec, files[: opts.grid_images], opts)
 
 
-def _sr_grid(net, spec, files: list[Path], opts: EvalOptions) -> list[list[np.ndarray]]:
+def sr_grid(net, spec, files: list[Path], opts: EvalOptions) -> list[list[np.ndarray]]:
     up = upscaler_from_fn(torch_fn(net, opts.device), spec.input_range)
     rows = []
     for f in files:

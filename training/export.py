@@ -189,7 +189,7 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     if card is not None:
         dequantize = bool(getattr(args, "dequantize", False))
         loaded = load_run_from_card(args.run, getattr(args, "onnx", None), dequantize=dequantize)
-        args.net = args.net or next(iter(loaded.generators))
+        args.net = args.net or next(iter(loaded.nets))
     else:
         loaded = load_run(args.run, ema=True)
     recipe = recipe_module(loaded.recipe)
@@ -201,7 +201,7 @@ def export_run(args: argparse.Namespace) -> ExportResult:
     if net_name not in specs:
         raise ExportError(f"{args.run}: no net '{net_name}' to export; choose one of {', '.join(specs)}")
     spec = specs[net_name]
-    net = loaded.generators[net_name].float().eval()
+    net = loaded.nets[net_name].float().eval()
 
     metrics, headline, notes = [], None, [args.notes] if getattr(args, "notes", "") else []
     quality_bar = quality_bar_from_json(getattr(args, "quality_bar", None))

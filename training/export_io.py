@@ -86,7 +86,7 @@ def upscale_export_io(net, spec, hr_dir: str | Path, train_dir: str | Path, opti
 
     def grid():
         files = list_images(hr_dir)[:3]
-        return ev._sr_grid(net, spec, files, ev.EvalOptions())
+        return ev.sr_grid(net, spec, files, ev.EvalOptions())
 
     def calibration():
         hr_size = int(spec.native_size) * int(spec.scale)

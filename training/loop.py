@@ -62,14 +62,10 @@ from tqdm import tqdm
 from models.files import atomic_link_or_copy, atomic_write, atomic_write_json
 from models.grid import tile
 from training import distributed
-
-# the configuration machinery lives in training.config; recipes and tests also find it here
-from training.config import (  # noqa: F401
+from training.config import (
     PRECISIONS,
-    RESUME_OVERRIDABLE,
     ConfigError,
     TrainConfig,
-    add_config_arguments,
     config_from_args,
     config_from_dict,
     merge_resume_config,

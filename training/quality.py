@@ -18,9 +18,6 @@ Protocol (SRCNN / EDSR / BasicSR, so that our numbers sit next to published ones
 (:func:`bicubic_upscale`) and a trained network (:func:`torch_upscaler`) are both functions
 ``uint8 LR (H x W x 3) -> HR image`` handed to it, so their numbers are comparable by construction.
 Published x4 Set5 anchors (Y-PSNR): bicubic 28.42 dB, FSRCNN 30.70, VDSR 31.35, EDSR 32.46.
-
-No torch at import time: only numpy and Pillow (scipy and scikit-image are imported by the metrics,
-torch by :func:`torch_upscaler`).
 """
 
 from __future__ import annotations

@@ -46,13 +46,12 @@ from models import zoo_dir
 from models.card import BarCriterion, ModelCard, QualityBar
 from models.files import atomic_write
 from training.config import ConfigError, check_value_types, config_from_args, config_to_argv
+from training.data.images import list_images, load_rgb_array
 from training.grids import grid_png
 from training.quality import (
     bicubic_downscale,
     bicubic_upscale,
     crop_to_multiple,
-    list_images,
-    load_rgb_array,
 )
 from training.recipes import recipe_module
 
@@ -65,7 +64,7 @@ BarCheck = Callable[[Metrics], QualityBar]
 _NAN = float("nan")
 
 
-def _bar_judge_per_class(m: Metrics) -> QualityBar:
+def bar_judge_per_class(m: Metrics) -> QualityBar:
     """cGAN: judge accuracy on samples >= 90 % of its accuracy on real test drawings, every class."""
     requirement = "judge accuracy on samples >= 90 % of its accuracy on real test drawings in every class"
     prefix = "judge_accuracy_samples_"
@@ -88,7 +87,7 @@ def _bar_judge_per_class(m: Metrics) -> QualityBar:
     return QualityBar.of([BarCriterion.judge(requirement, worst, ratio, ">=", 0.9, context)])
 
 
-def _bar_psnr(minimum: float) -> BarCheck:
+def bar_psnr(minimum: float) -> BarCheck:
     def check(m: Metrics) -> QualityBar:
         return QualityBar.of([BarCriterion.judge(
             f"Set5 x4 Y-PSNR >= {minimum} dB", "psnr_y_x4", m.get("psnr_y_x4"), ">=", minimum,
@@ -98,7 +97,7 @@ def _bar_psnr(minimum: float) -> BarCheck:
     return check
 
 
-def _bar_sharper_than(reference_eval: Path, factor: float = 1.25) -> BarCheck:
+def bar_sharper_than(reference_eval: Path, factor: float = 1.25) -> BarCheck:
     """SR GAN phase: "visibly sharper" than the PSNR model, made measurable as the high-frequency
     energy ratio (``sharpness_y_x4``, 1 = as detailed as HR) at least ``factor`` x the reference's."""
 
@@ -114,7 +113,7 @@ def _bar_sharper_than(reference_eval: Path, factor: float = 1.25) -> BarCheck:
     return check
 
 
-def _bar_fid(tag: str, max_fid: float | None = None, below_identity: float | None = None,
+def bar_fid(tag: str, max_fid: float | None = None, below_identity: float | None = None,
              judge_share: float | None = None, max_identity_ratio: float | None = None) -> BarCheck:  # fmt: skip
     """FID at most ``max_fid``, or at least ``below_identity`` (a fraction) under the identity FID,
     or at most ``max_identity_ratio`` x the identity FID, and the domain judge's target share at
@@ -336,7 +335,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
     return [
         Job(
             "quickdraw_cgan",
-            bar=_bar_judge_per_class,
+            bar=bar_judge_per_class,
             train=[
                 TrainRun("classifier", cls_run, {"data": quickdraw, "steps": 3000}),
                 TrainRun(
@@ -358,7 +357,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "sr_x4",
-            bar=_bar_psnr(30.5),
+            bar=bar_psnr(30.5),
             train=[
                 TrainRun(
                     "srgan",
@@ -384,7 +383,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         Job(
             "sr_x4_gan",
             needs=["sr_x4"],
-            bar=_bar_sharper_than(sr_run / "eval" / "Set5.json"),
+            bar=bar_sharper_than(sr_run / "eval" / "Set5.json"),
             train=[
                 TrainRun(
                     "srgan",
@@ -418,7 +417,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "summer2winter",
-            bar=_bar_fid("A2B", max_identity_ratio=1.10, judge_share=0.65),
+            bar=bar_fid("A2B", max_identity_ratio=1.10, judge_share=0.65),
             train=[TrainRun("cyclegan", s2w_run, {"data": str(s2w), **guided, "steps": 2000})],
             evaluate=Evaluate(
                 (models / "summer2winter", models / "winter2summer"),
@@ -437,7 +436,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         Job(
             "winter2summer",
             needs=["summer2winter"],
-            bar=_bar_fid("B2A", max_identity_ratio=1.10, judge_share=0.65),
+            bar=bar_fid("B2A", max_identity_ratio=1.10, judge_share=0.65),
             train=[],
             evaluate=None,  # the summer2winter job measures both exported directions
             export=Export(
@@ -449,7 +448,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "photo2monet",
-            bar=_bar_fid("photo_jpg2monet_jpg", max_identity_ratio=0.85, judge_share=0.70),
+            bar=bar_fid("photo_jpg2monet_jpg", max_identity_ratio=0.85, judge_share=0.70),
             train=[
                 TrainRun(
                     "cyclegan",
@@ -478,7 +477,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "facades_label2photo",
-            bar=_bar_fid("B2A", max_fid=200),
+            bar=bar_fid("B2A", max_fid=200),
             train=[
                 TrainRun(
                     "pix2pix",

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from training.config import ConfigError
 from training.data.catalog import provenance
 from training.data.images import EmptyFolderError, list_images, open_image
-from training.loop import ConfigError
 
 FORMATS = ("quickdraw", "idx", "imagefolder")
 SPLITS = ("train", "test", "all")

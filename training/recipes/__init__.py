@@ -8,8 +8,7 @@ A recipe module provides:
 * ``add_arguments(parser)`` / ``run(args) -> int`` — its ``transfigure train <name>`` command;
 * ``build_inference_nets(config) -> dict[str, nn.Module]`` — the nets a finished run is used
   through (exported, evaluated, or used as a judge), by the names they carry in checkpoints
-  (``G_AB``/``G_BA`` for CycleGAN, ``C`` for the classifier, ``G`` for the others). A module that
-  only has the older name ``build_generators`` is accepted too;
+  (``G_AB``/``G_BA`` for CycleGAN, ``C`` for the classifier, ``G`` for the others).;
 * ``export_specs(config) -> dict[str, ExportSpec]`` — for each exportable net, what its card says
   about its interface (task, tensor layout, classes, scale); ``{}``: nothing to export.
 
@@ -54,6 +53,8 @@ import dataclasses
 import importlib
 import json
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -61,8 +62,8 @@ from typing import Any
 
 import numpy as np
 
-from models.card import CARD_FILE, ModelCard
-from training.config import config_from_dict  # noqa: F401  (rebuilds a saved config; reads former names)
+from models.card import CARD_FILE, METHOD_PATTERN, ModelCard
+from training.config import config_from_dict
 
 RECIPE_MODULES = {
     "cyclegan": "training.recipes.cyclegan",
@@ -98,8 +99,11 @@ class ExportSpec:
 def register_recipe(name: str, module: str) -> None:
     """Make the recipe module ``module`` (a dotted import path) known as ``name``; registering a name
     again with another module is refused (a run's checkpoint names its recipe)."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"recipe name '{name}': use letters, digits, - and _")
+    if not re.fullmatch(METHOD_PATTERN, name):
+        raise ValueError(
+            f"recipe name '{name}': use lower-case letters, digits and _, starting with a letter "
+            "(the name becomes the model card's method)"
+        )
     if RECIPE_MODULES.get(name, module) != module:
         raise ValueError(f"recipe '{name}' is already registered as {RECIPE_MODULES[name]}")
     RECIPE_MODULES[name] = module
@@ -112,7 +116,12 @@ def _load_entry_points() -> None:
     _entry_points_loaded.append(True)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        RECIPE_MODULES.setdefault(ep.name, ep.value)
+        if ep.name in RECIPE_MODULES:
+            continue
+        try:
+            register_recipe(ep.name, ep.value)
+        except ValueError as e:  # another package's mistake must not break every command
+            warnings.warn(f"ignoring the '{ENTRY_POINT_GROUP}' entry point '{ep.name}': {e}", stacklevel=2)
 
 
 def recipe_names() -> list[str]:
@@ -135,9 +144,8 @@ def recipe_module(name: str):
 
 
 def build_inference_nets(module, config) -> dict[str, Any]:
-    """``module.build_inference_nets(config)`` (or the older ``build_generators``)."""
-    build = getattr(module, "build_inference_nets", None) or module.build_generators
-    return build(config)
+    """``module.build_inference_nets(config)``."""
+    return module.build_inference_nets(config)
 
 
 def with_data(module, config, data: str | None):
@@ -160,11 +168,6 @@ class LoadedRun:
     hardware: str
     checkpoint: Path
     used_ema: bool
-
-    @property
-    def generators(self) -> dict[str, Any]:
-        """The inference nets (the older name: most of them are generators)."""
-        return self.nets
 
 
 def find_checkpoint(run: str | Path) -> Path:

@@ -156,9 +156,6 @@ def build_inference_nets(config: Config) -> dict[str, torch.nn.Module]:
     return {"G": g}
 
 
-build_generators = build_inference_nets
-
-
 def build_discriminator(config: Config) -> ProjectionDiscriminator:
     return ProjectionDiscriminator(
         _num_classes(config),
@@ -202,7 +199,7 @@ class CGANRecipe:
         self.cfg, self.rt = cfg, rt
         self.dataset = load_train_set(cfg)
         dev = rt.device
-        self.G = build_generators(cfg)["G"].to(dev)
+        self.G = build_inference_nets(cfg)["G"].to(dev)
         self.D = build_discriminator(cfg).to(dev)
         self.nets = {"G": self.G, "D": self.D}
         self.generators = ("G",)

@@ -154,7 +154,7 @@ def load_judge(run: str | Path) -> tuple[nn.Module, Any]:
         raise ValueError(
             f"{run}: a '{loaded.recipe}' run, not a classifier run (train one with `train classifier`)"
         )
-    net = loaded.generators["C"]
+    net = loaded.nets["C"]
     net.input_size = loaded.config.image_size  # type: ignore[attr-defined]
     return net, loaded.config
 

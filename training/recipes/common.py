@@ -56,7 +56,8 @@ class AdversarialConfig(TrainConfig):
             GANLoss(self.gan_loss, self.real_label)
         except ValueError as e:
             raise ConfigError(
-                f"--real-label {self.real_label} with --gan-loss {self.gan_loss}: {e}"
+                f"--real-label {self.real_label} with --gan-loss {self.gan_loss}: "
+                + str(e).replace("real_target", "--real-label")
             ) from None
 
 

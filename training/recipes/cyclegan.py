@@ -138,9 +138,6 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
     return {"G_AB": gen(), "G_BA": gen()}
 
 
-build_generators = build_inference_nets
-
-
 def build_discriminators(config: Config) -> dict[str, nn.Module]:
     def disc() -> PatchDiscriminator:
         return PatchDiscriminator(3, config.ndf, config.n_layers_d, config.norm, config.spectral_norm)
@@ -279,7 +276,7 @@ class CycleGAN:
     def __init__(self, cfg: Config, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
         self.dataset = build_dataset(cfg, "train")
-        nets = {**build_generators(cfg), **build_discriminators(cfg)}
+        nets = {**build_inference_nets(cfg), **build_discriminators(cfg)}
         self.nets = {k: v.to(rt.device).train() for k, v in nets.items()}
         betas = (cfg.beta1, cfg.beta2)
         g_params = itertools.chain(self.nets["G_AB"].parameters(), self.nets["G_BA"].parameters())

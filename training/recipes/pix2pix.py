@@ -86,9 +86,6 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
     return {"G": UnetGenerator(3, 3, unet_depth(config), config.ngf, config.norm, config.dropout)}
 
 
-build_generators = build_inference_nets
-
-
 def build_discriminator(config: Config) -> nn.Module:
     # conditional: D sees the input and the (real or generated) output, stacked on channels
     return PatchDiscriminator(6, config.ndf, config.n_layers_d, config.norm, config.spectral_norm)
@@ -205,7 +202,7 @@ class Pix2Pix:
         self.cfg, self.rt = cfg, rt
         self.dataset = build_dataset(cfg, cfg.train_phase)
         self.nets = {
-            "G": build_generators(cfg)["G"].to(rt.device).train(),
+            "G": build_inference_nets(cfg)["G"].to(rt.device).train(),
             "D": build_discriminator(cfg).to(rt.device).train(),
         }
         betas = (cfg.beta1, cfg.beta2)

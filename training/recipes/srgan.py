@@ -104,9 +104,6 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
     return {"G": CompactSRNet(config.scale, num_feat=config.num_feat, num_conv=config.num_conv)}
 
 
-build_generators = build_inference_nets
-
-
 def export_specs(config: Config) -> dict[str, ExportSpec]:
     sizes: dict[str, int] = {}
     for split, folder in (("train", config.data), ("val", config.val_data)):
@@ -186,7 +183,7 @@ class SRGANRecipe:
         self.gan_phase = cfg.phase == "gan"
         self.dataset = SRPatches(cfg.data, cfg.scale, cfg.lr_patch, cfg.realworld, cfg.degradation_strength)
         dev = rt.device
-        self.G = build_generators(cfg)["G"].to(dev)
+        self.G = build_inference_nets(cfg)["G"].to(dev)
         resuming = cfg.resume and (Path(cfg.out) / "checkpoints" / "last.pt").is_file()
         if cfg.init and not resuming:  # on resume the checkpoint holds the weights
             load_init(self.G, cfg.init, cfg)
