@@ -119,7 +119,10 @@ def test_monet_layout_holds_out_test_images(fixtures_dir: Path, tmp_path: Path, 
     assert export_specs(cfg)["G_AB"].description.endswith("photo_jpg -> monet_jpg")
 
 
-def test_contract_and_config_errors(fixtures_dir: Path) -> None:
+def test_defaults_are_the_papers_reference_settings() -> None:
+    """DESIGN's promise: `transfigure train cyclegan` without options is the reference CycleGAN
+    (Zhu et al., 2017, section 4 and appendix 7.1: Adam 2e-4 / beta1 0.5, lambda 10, identity 0.5 x
+    lambda, LSGAN, batch 1, 256 crops, a pool of 50, ResNet with 9 blocks)."""
     cfg = Config()
     assert (cfg.lr_g, cfg.beta1, cfg.lambda_cycle, cfg.lambda_identity) == (2e-4, 0.5, 10.0, 0.5)
     assert (cfg.gan_loss, cfg.batch_size, cfg.crop_size, cfg.pool_size, cfg.n_blocks) == (
@@ -129,6 +132,10 @@ def test_contract_and_config_errors(fixtures_dir: Path) -> None:
         50,
         9,
     )
+    assert cfg.generator == "resnet"
+
+
+def test_contract_and_config_errors(fixtures_dir: Path) -> None:
     gens = build_inference_nets(tiny(fixtures_dir))
     assert set(gens) == {"G_AB", "G_BA"}
     spec = export_specs(tiny(fixtures_dir))["G_BA"]

@@ -97,17 +97,18 @@ def test_cli_help_and_a_three_step_run(fixtures_dir: Path, tmp_path: Path, capsy
     assert "nowhere" in capsys.readouterr().err
 
 
-def test_contract_and_defaults(fixtures_dir: Path) -> None:
+def test_defaults_are_the_papers_reference_settings() -> None:
+    """`transfigure train pix2pix` without options is the reference pix2pix (Isola et al., 2017,
+    section 3.3 and appendix 6: the non-saturating GAN loss, lambda_L1 100, Adam 2e-4 / beta1 0.5,
+    batch 1, 256 crops, the U-Net-256 with 8 downsamplings)."""
     cfg = Config()
     assert (cfg.gan_loss, cfg.lambda_l1, cfg.lr_g, cfg.beta1, cfg.crop_size, cfg.batch_size) == (
-        "vanilla",
-        100.0,
-        2e-4,
-        0.5,
-        256,
-        1,
-    )
-    assert unet_depth(cfg) == 8 and build_inference_nets(cfg)["G"].multiple_of == 256  # U-Net 256
+        "vanilla", 100.0, 2e-4, 0.5, 256, 1,
+    )  # fmt: skip
+    assert unet_depth(cfg) == 8 and build_inference_nets(cfg)["G"].multiple_of == 256
+
+
+def test_contract_and_config_errors(fixtures_dir: Path) -> None:
     spec = export_specs(tiny(fixtures_dir))["G"]
     assert (spec.task, spec.method, spec.multiple_of, spec.native_size) == ("translate", "pix2pix", 32, 32)
     assert spec.dataset["split_sizes"] == {"train": 3, "test": 2}
