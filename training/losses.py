@@ -143,3 +143,56 @@ def identity_loss(real: Tensor, same: Tensor) -> Tensor:
     """||G(y) - y||_1: a generator fed its own target domain should leave it alone
     (CycleGAN, weight lambda_identity * lambda_cycle = 0.5 * 10)."""
     return l1_loss(same, real)
+
+
+# -- losses on frozen pretrained features ----------------------------------------------------------
+def channel_statistics(features: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """Per-image, per-channel mean and standard deviation of each feature map (N x C each), the
+    statistics AdaIN-style losses match (Huang & Belongie, 2017)."""
+    out = []
+    for f in features:
+        flat = f.float().flatten(2)
+        out.append((flat.mean(2), (flat.var(2, unbiased=False) + 1e-6).sqrt()))
+    return out
+
+
+def statistics_loss(stats: list[tuple[Tensor, Tensor]], target: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Mean squared distance between images' feature statistics and the target's (broadcast: the
+    target may be one domain-wide 1 x C pair per layer), summed over layers."""
+    total = torch.zeros((), device=stats[0][0].device)
+    for (mu, sd), (mu_t, sd_t) in zip(stats, target, strict=True):
+        total = total + F.mse_loss(mu, mu_t.expand_as(mu)) + F.mse_loss(sd, sd_t.expand_as(sd))
+    return total
+
+
+def feature_content_loss(features: list[Tensor], reference: list[Tensor], layers: tuple[int, ...]) -> Tensor:
+    """Mean squared distance between two images' features on ``layers`` (content preservation: what
+    is where stays, while the statistics loss changes how it looks)."""
+    total = torch.zeros((), device=features[0].device)
+    for i in layers:
+        total = total + F.mse_loss(features[i].float(), reference[i].float().detach())
+    return total
+
+
+def sliced_wasserstein_loss(
+    features: list[Tensor],
+    target: list[Tensor],
+    projections: int = 32,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Sliced Wasserstein distance between the distributions of feature vectors (one per position) of
+    each image and of its target image, summed over layers (Heitz et al., CVPR 2021).
+
+    Every position's C-dim feature is projected on ``projections`` random unit directions (fresh each
+    call); the sorted projections of the image and the target are compared by mean squared error, so
+    the whole distribution of each direction must match, not only its mean and spread: a few extreme
+    pixels (a bright blob) cannot stand in for a texture. Both images' maps must have one size per layer."""
+    total = torch.zeros((), device=features[0].device)
+    for f, t in zip(features, target, strict=True):
+        n, c = f.shape[:2]
+        dirs = torch.randn(c, projections, generator=generator).to(f.device)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        pf = f.float().flatten(2).transpose(1, 2) @ dirs  # N x HW x K
+        pt = t.float().detach().flatten(2).transpose(1, 2) @ dirs
+        total = total + F.mse_loss(pf.sort(dim=1).values, pt.sort(dim=1).values)
+    return total

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,29 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         return "unknown"
 
 
+def portable_path(path: str | Path, base: str | Path | None = None, elsewhere: str = "name") -> str:
+    """``path`` as a card records it: relative to ``base`` (default: the working directory) when it
+    is inside it or beside it (``runs/x``, ``../shared/data/x``); a path elsewhere becomes its file or
+    folder name (``elsewhere="name"``) or stays as it is (``"keep"``, for commands a user reruns).
+    A machine's absolute paths mean nothing on another one."""
+    text = str(path)
+    if not text or not os.path.isabs(text):
+        return text
+    rel = os.path.relpath(text, base or os.getcwd())
+    if not rel.startswith(os.path.join("..", "..")):
+        return rel
+    return Path(text).name if elsewhere == "name" else text
+
+
+PATH_FIELDS = ("data", "out", "init", "val_data", "judge")  # config fields that hold paths
+
+
 def config_dict(config) -> dict[str, Any]:
     if dataclasses.is_dataclass(config):
-        return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    return dict(config)
+        d = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    else:
+        d = dict(config)
+    return {k: portable_path(v) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in d.items()}
 
 
 def training_info(loaded, spec, net_name: str) -> dict[str, Any]:
@@ -45,7 +65,7 @@ def training_info(loaded, spec, net_name: str) -> dict[str, Any]:
         "recipe": loaded.recipe,
         "net": net_name,
         "config": config_dict(loaded.config),
-        "checkpoint": str(loaded.checkpoint),
+        "checkpoint": portable_path(loaded.checkpoint),
         "ema_weights": loaded.used_ema,
     }
     if ds.get("split"):
@@ -60,4 +80,5 @@ def training_info(loaded, spec, net_name: str) -> dict[str, Any]:
         "wall_time_s": float(loaded.wall_time_s),
         "hardware": loaded.hardware,
         "commit": git_commit(),
+        "pretrained_networks": [dict(p) for p in spec.pretrained],
     }

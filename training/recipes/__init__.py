@@ -94,6 +94,7 @@ class ExportSpec:
     latent_dim: int | None = None
     output_size: int | None = None
     dataset: dict[str, Any] = field(default_factory=dict)  # name, source, license, split_sizes
+    pretrained: list[dict[str, str]] = field(default_factory=list)  # frozen networks of the losses
 
 
 def register_recipe(name: str, module: str) -> None:

@@ -26,6 +26,7 @@ from training.data import UnpairedImageFolder
 from training.data.catalog import provenance  # name, source, license of known datasets
 from training.data.images import EmptyFolderError
 from training.data.unpaired import resolve_unpaired_files
+from training.diffaug import diff_augment, parse_policy
 from training.evaluate import (
     ImageRef,
     TranslationData,
@@ -35,9 +36,20 @@ from training.evaluate import (
 )
 from training.export_io import translation_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, linear_decay_schedule
-from training.losses import GANLoss, cycle_consistency_loss, gradient_penalty, identity_loss
+from training.losses import (
+    GANLoss,
+    channel_statistics,
+    cycle_consistency_loss,
+    feature_content_loss,
+    gradient_penalty,
+    identity_loss,
+    sliced_wasserstein_loss,
+    statistics_loss,
+)
 from training.networks import NORMS, PatchDiscriminator, ResnetGenerator
+from training.networks.efficientnet_lite import FEATURE_CHANNELS, WEIGHTS_PROVENANCE, Lite0Features
 from training.networks.guided import GuidedTranslator
+from training.networks.projected import ProjectedDiscriminator
 from training.networks.resnet import UPSAMPLING
 from training.pool import ImagePool
 from training.recipes import ExportSpec
@@ -45,6 +57,9 @@ from training.recipes.common import HeldOutPairs, TranslationConfig, gan_loss_fi
 
 NAME = "cyclegan"
 GENERATORS = ("resnet", "guided")
+DISCRIMINATORS = ("patch", "projected")
+STYLE_LOSSES = ("sliced", "moments")
+CONTENT_LAYERS = (2,)  # Lite0 stage 5 (112 channels, 1/16 of the side): what is where, not how it looks
 TRANSLATE_NETS = ("G_AB", "G_BA")
 
 
@@ -104,9 +119,62 @@ class Config(TranslationConfig):
         default=0.5, metadata={"help": "identity weight, relative to lambda_cycle"}
     )
     pool_size: int = field(default=50, metadata={"help": "image pool of past fakes for D (0: off)"})
+    discriminator: str = field(
+        default="patch",
+        metadata={
+            "help": "patch: the paper's 70x70 PatchGAN on pixels, trained from scratch; projected: patch "
+            "heads on frozen ImageNet EfficientNet-Lite0 features behind fixed random projections "
+            "(Projected GAN)",
+            "choices": DISCRIMINATORS,
+        },
+    )
+    lambda_style: float = field(
+        default=0.0,
+        metadata={"help": "weight of the feature-statistics loss: per-channel mean/std of the output's frozen "
+                  "Lite0 features against those of the target domain's training images (0: off)"},
+    )  # fmt: skip
+    lambda_content: float = field(
+        default=0.0,
+        metadata={"help": "weight of the feature content loss: the output's deep Lite0 features against the "
+                  "input's (0: off)"},
+    )  # fmt: skip
+    style_loss: str = field(
+        default="sliced",
+        metadata={
+            "help": "sliced: sliced Wasserstein distance between the output's and a real target image's "
+            "feature distributions (robust to blobs); moments: per-channel mean/std against the "
+            "target domain's average (AdaIN-style)",
+            "choices": STYLE_LOSSES,
+        },
+    )
+    style_softmax: bool = field(
+        default=False,
+        metadata={"help": "feature statistics of a softmax over channels (Wang et al., CVPR 2021)"},
+    )
+    d_augment: str = field(
+        default="",
+        metadata={
+            "help": "DiffAugment ops on everything a discriminator sees, e.g. translation,cutout (empty: none)"
+        },
+    )
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether training needs the frozen pretrained feature network."""
+        return self.discriminator == "projected" or self.lambda_style > 0 or self.lambda_content > 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        try:
+            parse_policy(self.d_augment)
+        except ValueError as e:
+            raise ConfigError(f"--d-augment {self.d_augment!r}: {e}") from None
+        if self.lambda_style < 0 or self.lambda_content < 0:
+            raise ConfigError("--lambda-style and --lambda-content must be >= 0")
+        if self.discriminator == "projected" and self.gan_loss == "wgan-gp":
+            raise ConfigError("--discriminator projected: use lsgan, hinge, vanilla or ragan, not wgan-gp")
+        if self.uses_features and (self.d_size or self.crop_size) < 32:
+            raise ConfigError("the feature network needs images of at least 32 px (--d-size)")
         if self.generator == "guided" and (self.low_size % 4 or self.low_size < 8):
             raise ConfigError(f"--low-size {self.low_size}: must be a multiple of 4, at least 8")
         if self.d_size is not None and self.d_size < 16:
@@ -139,7 +207,9 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
 
 
 def build_discriminators(config: Config) -> dict[str, nn.Module]:
-    def disc() -> PatchDiscriminator:
+    def disc() -> nn.Module:
+        if config.discriminator == "projected":
+            return ProjectedDiscriminator(FEATURE_CHANNELS, ndf=config.ndf, seed=config.seed)
         return PatchDiscriminator(3, config.ndf, config.n_layers_d, config.norm, config.spectral_norm)
 
     return {"D_A": disc(), "D_B": disc()}
@@ -200,6 +270,7 @@ def export_specs(config: Config) -> dict[str, ExportSpec]:
         "multiple_of": 1 if guided else 2**ResnetGenerator.n_downsampling,
         "native_size": config.low_size if guided else config.crop_size,
         "dataset": dataset_info(config),
+        "pretrained": [dict(WEIGHTS_PROVENANCE)] if config.uses_features else [],
     }
     return {
         "G_AB": ExportSpec(description=f"CycleGAN generator {a} -> {b}", **common),
@@ -263,6 +334,10 @@ def export_io(run, net: str, spec: ExportSpec, options):
     return translation_export_io(run.nets[net], spec, translation_data(run.config, net), options)
 
 
+def _as_list(logits: Tensor | list[Tensor]) -> list[Tensor]:
+    return logits if isinstance(logits, list) else [logits]
+
+
 def _requires_grad(nets: list[nn.Module], flag: bool) -> None:
     for net in nets:
         net.requires_grad_(flag)
@@ -295,10 +370,65 @@ class CycleGAN:
             ("test", "train"),
             size=lambda ds: min(len(ds.files_a), len(ds.files_b)),
         )
+        self.d_ops = parse_policy(cfg.d_augment)
+        self.features: Lite0Features | None = None
+        self.domain_stats: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        if cfg.uses_features:
+            self.features = Lite0Features().to(rt.device)
+            if cfg.lambda_style > 0 and cfg.style_loss == "moments":
+                self.domain_stats = {
+                    "A": self._domain_statistics(self.dataset.files_a),
+                    "B": self._domain_statistics(self.dataset.files_b),
+                }
 
     # -- data -----------------------------------------------------------------------------------
     def batches(self, start_step: int):
         return batch_stream(self.dataset, self.cfg, self.rt, start_step)
+
+    # -- the feature network ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _domain_statistics(self, files: list[Path], batch_size: int = 16) -> list[tuple[Tensor, Tensor]]:
+        """The mean over a domain's training images of their per-image feature statistics (what the
+        statistics loss pulls outputs towards): every image once, at the discriminators' view."""
+        sums: list[list[Tensor]] | None = None
+        n = 0
+        for x in image_file_batches(files, self.cfg.crop_size, batch_size, None):
+            stats = channel_statistics(self._style_view(self.features(self._d_view(x.to(self.rt.device)))))
+            flat = [t.sum(0, keepdim=True) for pair in stats for t in pair]
+            sums = flat if sums is None else [a + b for a, b in zip(sums, flat, strict=True)]
+            n += len(x)
+        means = [t / n for t in sums]
+        return [(means[i], means[i + 1]) for i in range(0, len(means), 2)]
+
+    def _style_view(self, feats: list[Tensor]) -> list[Tensor]:
+        """Features as the style loss sees them: a softmax over channels at every position with
+        ``style_softmax``, which makes residual networks' low-entropy activations usable for style
+        (Wang et al., CVPR 2021)."""
+        return [f.float().softmax(1) for f in feats] if self.cfg.style_softmax else feats
+
+    def _style_loss(self, fake: list[Tensor], real: list[Tensor], domain: str) -> Tensor:
+        """How far the outputs' feature distribution is from the target domain's (``real``: features
+        of this step's real images of that domain)."""
+        fake, real = self._style_view(fake), self._style_view(real)
+        if self.cfg.style_loss == "sliced":
+            return sliced_wasserstein_loss(fake, real)
+        return statistics_loss(channel_statistics(fake), self.domain_stats[domain])
+
+    def _feats(self, x: Tensor) -> list[Tensor]:
+        return self.features(self._d_view(x))
+
+    def _d_logits(
+        self, disc: nn.Module, x: Tensor, feats: list[Tensor] | None = None
+    ) -> Tensor | list[Tensor]:
+        """The discriminator on an image: pixels (PatchGAN) or the image's frozen features (projected;
+        ``feats`` when they were computed already for an unaugmented view)."""
+        if self.d_ops:
+            x, feats = diff_augment(self._d_view(x), self.d_ops), None
+        else:
+            x = self._d_view(x)
+        if self.cfg.discriminator == "projected":
+            return disc(feats if feats is not None else self.features(x))
+        return disc(x)
 
     # -- one step -------------------------------------------------------------------------------
     def _d_view(self, x: Tensor) -> Tensor:
@@ -308,9 +438,16 @@ class CycleGAN:
             return x
         return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
 
-    def _g_adv(self, disc: nn.Module, fake: Tensor, real: Tensor) -> Tensor:
-        real_logits = disc(self._d_view(real)).detach() if self.gan.needs_real_for_g else None
-        return self.gan.g_loss(disc(self._d_view(fake)), real_logits)
+    def _g_adv(self, disc: nn.Module, fake: Tensor, real: Tensor, fake_f=None, real_f=None) -> Tensor:
+        fake_l = _as_list(self._d_logits(disc, fake, fake_f))
+        if not self.gan.needs_real_for_g:
+            return sum(self.gan.g_loss(f) for f in fake_l) / len(fake_l)
+        real_l = [r.detach() for r in _as_list(self._d_logits(disc, real, real_f))]
+        return sum(self.gan.g_loss(f, r) for f, r in zip(fake_l, real_l, strict=True)) / len(fake_l)
+
+    def _d_loss(self, disc: nn.Module, real: Tensor, fake: Tensor, real_f=None) -> Tensor:
+        real_l, fake_l = _as_list(self._d_logits(disc, real, real_f)), _as_list(self._d_logits(disc, fake))
+        return sum(self.gan.d_loss(r, f) for r, f in zip(real_l, fake_l, strict=True)) / len(real_l)
 
     def train_step(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
         cfg, rt, n = self.cfg, self.rt, self.nets
@@ -323,7 +460,26 @@ class CycleGAN:
         with rt.autocast():
             fake_b, fake_a = g_ab(real_a), g_ba(real_b)
             rec_a, rec_b = g_ba(fake_b), g_ab(fake_a)
-            loss_gan = self._g_adv(d_b, fake_b, real_b) + self._g_adv(d_a, fake_a, real_a)
+            feats: dict[str, Any] = {}
+            if self.features is not None:  # one pass per image, shared by D and the feature losses
+                with torch.no_grad():
+                    feats["real_a"], feats["real_b"] = self._feats(real_a), self._feats(real_b)
+                feats["fake_a"], feats["fake_b"] = self._feats(fake_a), self._feats(fake_b)
+            loss_gan = self._g_adv(
+                d_b, fake_b, real_b, feats.get("fake_b"), feats.get("real_b")
+            ) + self._g_adv(d_a, fake_a, real_a, feats.get("fake_a"), feats.get("real_a"))
+            loss_style = torch.zeros((), device=rt.device)
+            if cfg.lambda_style > 0:
+                loss_style = cfg.lambda_style * (
+                    self._style_loss(feats["fake_b"], feats["real_b"], "B")
+                    + self._style_loss(feats["fake_a"], feats["real_a"], "A")
+                )
+            loss_content = torch.zeros((), device=rt.device)
+            if cfg.lambda_content > 0:
+                loss_content = cfg.lambda_content * (
+                    feature_content_loss(feats["fake_b"], feats["real_a"], CONTENT_LAYERS)
+                    + feature_content_loss(feats["fake_a"], feats["real_b"], CONTENT_LAYERS)
+                )
             loss_cycle = cfg.lambda_cycle * (
                 cycle_consistency_loss(real_a, rec_a) + cycle_consistency_loss(real_b, rec_b)
             )
@@ -333,21 +489,22 @@ class CycleGAN:
                 loss_idt = weight * (
                     identity_loss(real_b, g_ab(real_b)) + identity_loss(real_a, g_ba(real_a))
                 )
-            loss_g = loss_gan + loss_cycle + loss_idt
+            loss_g = loss_gan + loss_cycle + loss_idt + loss_style + loss_content
         self.optimizers["G"].zero_grad(set_to_none=True)
         rt.backward(loss_g)
         rt.step(self.optimizers["G"])
 
         # Discriminators: real vs. a mix of current and past fakes (the pool).
         _requires_grad([d_a, d_b], True)
-        pooled_b = self._d_view(self.pool_B.query(fake_b.float()))
-        pooled_a = self._d_view(self.pool_A.query(fake_a.float()))
-        real_a, real_b = self._d_view(real_a), self._d_view(real_b)
+        pooled_b = self.pool_B.query(fake_b.float().detach())
+        pooled_a = self.pool_A.query(fake_a.float().detach())
         with rt.autocast():
-            loss_d_b = self.gan.d_loss(d_b(real_b), d_b(pooled_b))
-            loss_d_a = self.gan.d_loss(d_a(real_a), d_a(pooled_a))
+            loss_d_b = self._d_loss(d_b, real_b, pooled_b, feats.get("real_b"))
+            loss_d_a = self._d_loss(d_a, real_a, pooled_a, feats.get("real_a"))
         loss_d = loss_d_a + loss_d_b
         if self.gan.name == "wgan-gp":  # the penalty's double backward stays in fp32
+            real_a, real_b = self._d_view(real_a), self._d_view(real_b)
+            pooled_a, pooled_b = self._d_view(pooled_a), self._d_view(pooled_b)
             loss_d = loss_d + cfg.gp_weight * (
                 gradient_penalty(d_b, real_b, pooled_b) + gradient_penalty(d_a, real_a, pooled_a)
             )
@@ -359,6 +516,8 @@ class CycleGAN:
             "G_gan": loss_gan.detach(),
             "G_cycle": loss_cycle.detach(),
             "G_idt": loss_idt.detach(),
+            **({"G_style": loss_style.detach()} if cfg.lambda_style > 0 else {}),
+            **({"G_content": loss_content.detach()} if cfg.lambda_content > 0 else {}),
             "D_A": loss_d_a.detach(),
             "D_B": loss_d_b.detach(),
         }
