@@ -64,6 +64,13 @@ def test_translation_bar_needs_fid_and_judge_and_reads_only_its_net(tmp_path) ->
     assert not monet({"fid_x": 120.0, "fid_identity_x": 135.0}).met  # 11 % below: not enough
     assert monet({"fid_x": 110.0, "fid_identity_x": 135.0}).met
     assert not monet({"fid_x": 110.0}).met  # no identity baseline: no limit to meet
+    # the independent judge is a criterion of its own: both judges must agree
+    both = zoo.bar_fid("x", max_identity_ratio=1.05, judge_share=0.6, cnn_judge_share=0.6)
+    m = {"fid_x": 80.0, "fid_identity_x": 79.0, "judge_target_share_x": 0.7, "cnn_judge_target_share_x": 0.65,
+         "cnn_judge_target_share_identity_x": 0.1}  # fmt: skip
+    assert both(m).met and both(m).criteria[-1].context["cnn_judge_target_share_identity_x"] == 0.1
+    assert not both({**m, "cnn_judge_target_share_x": 0.3}).met  # fools the Inception judge only
+    assert not both({k: v for k, v in m.items() if not k.startswith("cnn")}).met  # not measured
 
 
 def test_cgan_bar_is_per_class(tmp_path) -> None:
