@@ -55,6 +55,7 @@ from training.export_io import sample_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, recalibrate_batch_norm, to_device
 from training.losses import GANLoss, gradient_penalty
 from training.networks.conditional import OUTPUT_SIZES, ConditionalGenerator, ProjectionDiscriminator
+from training.provenance import portable_path
 from training.recipes import ExportSpec
 from training.recipes.classifier import load_judge
 from training.recipes.common import AdversarialConfig, gan_loss_field
@@ -310,7 +311,9 @@ def evaluate(run, report, options, data: str | None = None, judge: str | None = 
         load_split(cfg.data, "test", cfg.test_fraction, classes, cfg.image_size, cfg.channels), cfg.image_size
     )
     real = (test.images, test.labels.numpy())
-    evaluate_samples(run, report, options, real, judge_net, jcfg.image_size, f"classifier run {judge}")
+    evaluate_samples(
+        run, report, options, real, judge_net, jcfg.image_size, f"classifier run {portable_path(judge)}"
+    )
     return cfg.data
 
 
