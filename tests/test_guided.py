@@ -128,3 +128,28 @@ def test_onnx_graph_matches_torch_at_several_sizes(tmp_path: Path, detail: bool)
             ref = net(x).numpy()
         assert out.shape == shape
         np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
+def test_a_generator_without_normalisation_keeps_its_activations_alive() -> None:
+    """norm="none" (no instance norm, so no droplet blobs): He init with scaled residual branches keeps
+    the features at the input's scale; the N(0, 0.02) init that instance norm relies on would let them
+    fade away layer by layer. The translator is still the identity before training."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+
+    def pre_head_std(g) -> float:
+        h = g.low(x)
+        with torch.no_grad():
+            for m in list(g.net.model)[:-2]:
+                h = m(h)
+        return float(h.std())
+
+    plain = GuidedTranslator(norm="none")
+    assert 0.3 < pre_head_std(plain) < 3.0
+    with torch.no_grad():
+        assert torch.equal(plain(x), x)
+    from training.networks.common import init_weights
+
+    faded = GuidedTranslator(norm="none")
+    init_weights(faded.net)
+    assert pre_head_std(faded) < 0.05

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.networks.resnet import ResnetGenerator
+from training.networks.resnet import ResnetBlock, ResnetGenerator
 
 
 def box_filter(x: Tensor, radius: int) -> Tensor:
@@ -49,6 +49,22 @@ def guided_filter_coefficients(
     a = cov / (var.clamp_min(0.0) + eps)
     b = mean_t - a * mean_i
     return box_filter(a, radius), box_filter(b, radius)
+
+
+def _variance_preserving_init(net: ResnetGenerator, n_blocks: int) -> None:
+    """He initialisation for a generator without normalisation layers: the ResNet's N(0, 0.02) init
+    relies on instance norm to restore the scale, and without it the activations shrink layer by
+    layer until the change is nothing. Each residual branch's last conv is scaled by 1/sqrt(blocks),
+    so the sum of the blocks keeps the scale of its input (Fixup, Zhang et al., ICLR 2019)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for block in net.modules():
+        if isinstance(block, ResnetBlock):
+            last = [m for m in block.body if isinstance(m, nn.Conv2d)][-1]
+            last.weight.data.mul_(n_blocks**-0.5)
 
 
 class GuidedTranslator(nn.Module):
@@ -78,6 +94,8 @@ class GuidedTranslator(nn.Module):
         self.config = {"low_size": low_size, "ngf": ngf, "n_blocks": n_blocks, "norm": norm,
                        "radius": radius, "eps": float(eps), "detail": detail, "upsample": upsample}  # fmt: skip
         self.net = ResnetGenerator(3, 3, ngf=ngf, n_blocks=n_blocks, norm=norm, upsample=upsample)
+        if norm == "none":
+            _variance_preserving_init(self.net, n_blocks)
         head = self.net.model[-2]  # the last 7x7 conv; its tanh is dropped: the change is unbounded
         self.net.model[-1] = nn.Identity()
         nn.init.zeros_(head.weight)
