@@ -286,9 +286,11 @@ class Export:
     data: Path | None = None
     eval: Path | None = None
     int8_max_loss: float | None = None
+    notes: str | None = None  # the card's notes, for people (e.g. what a missed bar needs next)
 
     def argv(self, with_eval: bool = True, quality_bar: str | None = None) -> list[str]:
-        options: dict[str, Any] = {"--name": self.name, "--net": self.net, "--data": self.data}
+        options: dict[str, Any] = {"--name": self.name, "--net": self.net, "--data": self.data,
+                                   "--notes": self.notes}  # fmt: skip
         options["--eval"] = self.eval if with_eval else None
         int8 = (
             ["--int8", "--int8-max-loss", repr(self.int8_max_loss)] if self.int8_max_loss is not None else []
