@@ -142,3 +142,19 @@ def test_the_from_scratch_judge_learns_two_domains_and_calls_unseen_images(tmp_p
     assert judge.predicts(probs(test_a), "A").mean() == 1.0
     # few training images: at most `epochs` passes over them, not the full step budget
     assert JudgeSettings().steps_for(4) == 3 and JudgeSettings().steps_for(10_000) == 600
+
+
+def test_a_fitted_judge_is_kept_on_disk_and_found_again(tmp_path: Path) -> None:
+    from training.domain_cnn import clear_judges, domain_cnn_judge
+
+    train_a = _domain(tmp_path / "a", (90, 140, 60), 4, 0)
+    train_b = _domain(tmp_path / "b", (200, 210, 230), 4, 1)
+    settings = JudgeSettings(size=64, load=72, steps=5, batch=8, width=8)
+    first = domain_cnn_judge(train_a, train_b, tmp_path / "cache", settings)
+    (saved,) = (tmp_path / "cache").glob("domain_cnn_*.pt")
+    clear_judges()
+    again = domain_cnn_judge(train_a, train_b, tmp_path / "cache", settings)
+    assert again is not first and saved.is_file()
+    x8 = torch.from_numpy(np.stack([r.load() for r in train_b])).permute(0, 3, 1, 2)
+    np.testing.assert_allclose(again.prob_b(x8), first.prob_b(x8), rtol=1e-6)
+    assert again.describe() == first.describe()

@@ -341,6 +341,7 @@ def _first(folder: Path, n: int) -> list[Path]:
 
 # sized for about half an hour of a 2-core CPU per translator run (~1 s a step); raise on a GPU
 TRANSLATOR_STEPS = 1800
+MONET_STEPS = 1500  # photo2monet: ~25 min of a 2-core CPU
 
 
 def jobs(data: Path, runs: Path) -> list[Job]:
@@ -503,7 +504,7 @@ def jobs(data: Path, runs: Path) -> list[Job]:
                         "b_dir": "monet_jpg",
                         "holdout_every": 10,
                         **guided,
-                        "steps": TRANSLATOR_STEPS,
+                        "steps": MONET_STEPS,
                     },
                 ),
             ],
