@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.files import atomic_write
+from models.paths import portable_card_paths
 
 SCHEMA_VERSION = 2
 MIGRATED_VERSIONS = (1,)  # older versions read (and upgraded) by ModelCard.from_dict
@@ -251,6 +252,30 @@ class QualityBar(_Strict):
         return f"Quality bar {'MET' if self.met else 'MISSED'}: " + "; ".join(parts)
 
 
+def _check_file_name(v: str) -> str:
+    if "/" in v or "\\" in v or v in {"", ".", ".."}:
+        raise ValueError("must be a plain file name inside the model folder")
+    return v
+
+
+class GpuFile(_Strict):
+    """Another ONNX file of the same network, for onnxruntime's CUDA provider.
+
+    An INT8 (QDQ) file is made for the CPU provider's int8 kernels; on the CUDA provider the
+    service runs this file instead when the card names one (e.g. the fp32 export the INT8 file was
+    quantised from).
+    """
+
+    file: str = Field(description="a file name in the model folder")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    precision: Literal["fp32", "fp16"] = "fp32"
+
+    @field_validator("file")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return _check_file_name(v)
+
+
 def _finite(v: float | None) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
@@ -288,6 +313,9 @@ class ModelCard(_Strict):
     parity: OnnxParity | None = Field(default=None, description="the export's ONNX parity check")
     int8_gate: Int8Gate | None = Field(default=None, description="the INT8 decision, when INT8 was tried")
     quality_bar: QualityBar | None = Field(default=None, description="the shipping bar's verdict")
+    gpu_file: GpuFile | None = Field(
+        default=None, description="the file to run on onnxruntime's CUDA provider instead of onnx_file"
+    )
     notes: str = Field(default="", description="free text for people; no tool reads it")
 
     @field_validator("schema_version")
@@ -300,9 +328,7 @@ class ModelCard(_Strict):
     @field_validator("onnx_file")
     @classmethod
     def _plain_file_name(cls, v: str) -> str:
-        if "/" in v or "\\" in v or v in {"", ".", ".."}:
-            raise ValueError("must be a plain file name inside the model folder")
-        return v
+        return _check_file_name(v)
 
     @model_validator(mode="after")
     def _task_fields(self) -> ModelCard:
@@ -397,7 +423,8 @@ class ModelCard(_Strict):
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<card>") -> ModelCard:
-        """Validate a card's JSON object; a card of an older schema version is upgraded first."""
+        """Validate a card's JSON object; a card of an older schema version is upgraded first, and
+        absolute data, run and checkpoint paths and those in its commands are made portable."""
         if not isinstance(data, dict):
             raise CardError(f"{source}: a card must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version", SCHEMA_VERSION)
@@ -409,6 +436,9 @@ class ModelCard(_Strict):
                 f"this transfigure reads version {SCHEMA_VERSION} and upgrades "
                 f"{', '.join(map(str, MIGRATED_VERSIONS))}: re-export the model with this transfigure"
             )
+        # a card written on another machine (or by an older exporter) may record absolute paths:
+        # they are read as portable ones (the ONNX file and its sha256 are not involved)
+        data = portable_card_paths(data)
         try:
             return cls.model_validate(data)
         except ValidationError as e:
@@ -426,6 +456,21 @@ class ModelCard(_Strict):
                 "the file is corrupt or was swapped — re-export the model or fix the card"
             )
         return onnx_path
+
+    def verify_gpu_file(self, folder: str | Path) -> Path | None:
+        """Check the CUDA provider's file (``gpu_file``) like :meth:`verify_file`; None if the card names none."""
+        if self.gpu_file is None:
+            return None
+        path = Path(folder) / self.gpu_file.file
+        if not path.is_file():
+            raise CardError(f"{path}: the GPU file named by the card of '{self.name}' is missing")
+        digest = sha256_file(path)
+        if digest != self.gpu_file.sha256:
+            raise CardError(
+                f"{path}: sha256 {digest} does not match the card of '{self.name}' (gpu_file.sha256 "
+                f"{self.gpu_file.sha256}); the file is corrupt or was swapped — re-export the model or fix the card"
+            )
+        return path
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,84 @@ def test_shipped_cards_carry_their_export_records() -> None:
         if card.precision == "int8":  # every shipped INT8 file went through the gate
             assert card.int8_gate is not None and card.int8_gate.metric == card.headline_metric, path
         assert not any(m.name.startswith("int8_headline") for m in card.metrics), path
+
+
+# -- portable paths: a card carries no machine's absolute paths ---------------------------------------
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _absolute_paths(card_json: dict) -> list[str]:
+    """Every string of a card that is, or holds as a word, an absolute path."""
+    found = []
+    for text in _strings(card_json):
+        for word in text.split():
+            value = word.partition("=")[2] if word.startswith("-") else word
+            if re.match(
+                r"/[^/\s]+/", value
+            ):  # /dir/...: a file system path (not an endpoint like /translate)
+                found.append(word)
+    return found
+
+
+def test_shipped_card_files_hold_no_absolute_path() -> None:
+    for path in card_paths():
+        assert _absolute_paths(json.loads(path.read_text())) == [], path
+
+
+def test_absolute_paths_of_an_old_card_are_rewritten_on_load(tmp_path: Path) -> None:
+    from models.paths import PROJECT_ROOT
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"pretend this is a model")
+    digest = sha256_file(onnx)
+    data = _valid()
+    data["sha256"] = digest
+    inside, beside = PROJECT_ROOT / "runs" / "s2w", PROJECT_ROOT.parent / "shared" / "data" / "s2w_yosemite"
+    data["training"]["recipe_config"] = {
+        "config": {"data": str(beside), "out": str(inside), "init": "/home/someone/runs/sr", "steps": 5},
+        "checkpoint": str(inside / "checkpoints" / "last.pt"),
+    }
+    data["metrics"][0]["command"] = f"transfigure evaluate {inside} --data={beside} --out /mnt/x/eval"
+    (tmp_path / "card.json").write_text(json.dumps(data))
+    assert len(_absolute_paths(data)) == 7
+
+    card = ModelCard.load(tmp_path)
+    rc = card.training.recipe_config
+    assert rc["config"] == {
+        "data": "../shared/data/s2w_yosemite",
+        "out": "runs/s2w",
+        "init": "sr",
+        "steps": 5,
+    }
+    assert rc["checkpoint"] == "runs/s2w/checkpoints/last.pt"
+    assert card.metrics[0].command == (
+        "transfigure evaluate runs/s2w --data=../shared/data/s2w_yosemite --out eval"
+    )
+    assert _absolute_paths(json.loads(card.to_json())) == []
+    # the model file is not touched: same bytes, same sha256, still verified by the card
+    assert card.sha256 == digest and sha256_file(onnx) == digest and card.verify_file(tmp_path) == onnx
+    # saving writes the portable card, which loads to the same card
+    card.save(tmp_path)
+    assert (
+        ModelCard.load(tmp_path) == card
+        and _absolute_paths(json.loads((tmp_path / "card.json").read_text())) == []
+    )
+
+
+def test_relative_paths_and_plain_commands_load_unchanged() -> None:
+    data = _valid()
+    data["training"]["recipe_config"] = {
+        "config": {"data": "../shared/data/x"},
+        "checkpoint": "runs/x/last.pt",
+    }
+    data["metrics"][0]["command"] = "transfigure evaluate models/x --data ../shared/data/x --limit 2"
+    card = ModelCard.from_dict(data)
+    assert card.training.recipe_config == data["training"]["recipe_config"]
+    assert card.metrics[0].command == data["metrics"][0]["command"]

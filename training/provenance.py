@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from models.paths import PATH_FIELDS, portable_path
 from training.data.catalog import UNKNOWN_LICENSE, provenance
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,23 +23,6 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def portable_path(path: str | Path, base: str | Path | None = None, elsewhere: str = "name") -> str:
-    """``path`` as a card records it: relative to ``base`` (default: the working directory) when it
-    is inside it or beside it (``runs/x``, ``../shared/data/x``); a path elsewhere becomes its file or
-    folder name (``elsewhere="name"``) or stays as it is (``"keep"``, for commands a user reruns).
-    A machine's absolute paths mean nothing on another one."""
-    text = str(path)
-    if not text or not os.path.isabs(text):
-        return text
-    rel = os.path.relpath(text, base or os.getcwd())
-    if not rel.startswith(os.path.join("..", "..")):
-        return rel
-    return Path(text).name if elsewhere == "name" else text
-
-
-PATH_FIELDS = ("data", "out", "init", "val_data", "judge")  # config fields that hold paths
 
 
 def config_dict(config) -> dict[str, Any]:
