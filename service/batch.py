@@ -85,6 +85,7 @@ from service.imaging import (
     translate_images,
     upscale_image,
 )
+from service.providers import plan_from_settings
 from service.zoo import LoadedModel, ModelNotFound, WrongTask, Zoo, cpu_count
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -702,7 +703,8 @@ def _shard(args: argparse.Namespace, settings: Settings) -> tuple[int, int]:
 
 def _open_model(args: argparse.Namespace, settings: Settings, task: str | None, threads: int) -> LoadedModel:
     root = args.models_dir or settings.models_dir
-    zoo = Zoo.load(root, names=[args.model], strict=False, threads=threads, workers=1)
+    providers = plan_from_settings(settings)  # TRANSFIGURE_PROVIDERS: CUDA or CPU, as the service
+    zoo = Zoo.load(root, names=[args.model], strict=False, threads=threads, workers=1, providers=providers)
     if args.model not in zoo:
         folders = [p.parent.name for p in card_paths(root)]
         if args.model in folders and args.model in zoo.unavailable:

@@ -29,6 +29,11 @@ from models import ZOO_DIR
 from service.imaging import Limits
 
 ENV_PREFIX = "TRANSFIGURE_"
+AUTO = "auto"
+PROVIDER_WORDS = (
+    "cuda",
+    "cpu",
+)  # TRANSFIGURE_PROVIDERS' words (service.providers maps them to onnxruntime's)
 _VERBATIM = {"api_token", "models_dir"}  # taken as written: not stripped of spaces
 _DEFAULTS = Limits()
 
@@ -55,6 +60,19 @@ def _side(value: Any) -> Any:
     if isinstance(value, str) and value.lower() in {"off", "none"}:
         return None
     return _number(value)
+
+
+def normalise_providers(value: str) -> str:
+    """``auto``, or the provider words in order, lower case: ``" CUDA, cpu "`` -> ``"cuda,cpu"``."""
+    words = [w.strip().lower() for w in str(value).split(",") if w.strip()]
+    if not words or words == [AUTO]:
+        return AUTO
+    if any(w not in PROVIDER_WORDS for w in words) or len(set(words)) != len(words):
+        raise ValueError(
+            f"must be `{AUTO}` or a comma-separated list of {' and '.join(PROVIDER_WORDS)} without repeats, "
+            "e.g. `cuda,cpu` or `cpu`"
+        )
+    return ",".join(words)
 
 
 Number = Annotated[int, BeforeValidator(_number)]
@@ -94,6 +112,19 @@ class Settings(BaseSettings):
         "(with a warning) instead of refusing to start",
     )
     workers: int = Field(default=1, ge=1, description="BentoML worker processes (each loads every model)")
+    providers: str = Field(
+        default=AUTO,
+        description="onnxruntime execution providers of the model sessions: `auto` = CUDA when onnxruntime "
+        "offers `CUDAExecutionProvider` (the `serve-gpu` extra on an NVIDIA GPU), else the CPU (logged at "
+        "start-up); or a list in order of preference, `cuda,cpu` or `cpu`; a list naming `cuda` refuses to "
+        "start where CUDA is not available. `/models` says where each model runs",
+    )
+    gpu_mem_limit: Limit = Field(
+        default=4 << 30,
+        description="on CUDA: device memory arena limit in bytes of each model's session, per worker (`0` = "
+        "no limit); inputs are admitted by the same pixel limits as on the CPU",
+        json_schema_extra={"doc_default": "`4294967296` (4 GiB)"},
+    )
     threads: int | None = Field(
         default=None,
         ge=0,
@@ -228,6 +259,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [n.strip() for n in value.split(",") if n.strip()] or None
         return value or None
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, value: Any) -> Any:
+        return normalise_providers(value) if isinstance(value, str) else value
 
     @field_validator("models_dir")
     @classmethod

@@ -17,6 +17,7 @@ from types import FrameType
 
 from models import CardError, ModelCard
 from service.config import SettingsError, load_settings
+from service.providers import plan_from_settings
 from service.zoo import check_cards
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["strict"] = False
     try:  # the service reads the same settings at start-up: say what is wrong before starting it
         settings = load_settings(**overrides)
+        plan = plan_from_settings(settings, announce=False)  # e.g. an explicit `cuda` without CUDA
     except SettingsError as e:
         print(f"transfigure serve: {e}", file=sys.stderr)
         return 2
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     cards, problems = check_zoo(root, strict)
     print(f"zoo: {root}")
+    print(f"onnxruntime providers: {', '.join(plan.providers)} ({settings.providers})")
     for card in cards:
         extra = (
             f" x{card.scale}"

@@ -60,6 +60,7 @@ from service.admission import RETRY_AFTER_S, PixelBudget, ServerBusy
 from service.config import get_settings
 from service.demo import DemoMiddleware
 from service.middleware import GuardMiddleware
+from service.providers import plan_from_settings
 from service.zoo import (
     InferenceSlots,
     LoadedModel,
@@ -76,10 +77,13 @@ log = logging.getLogger("bentoml.transfigure")
 T = TypeVar("T")
 
 CONFIG = get_settings()  # read once, at import: a bad value stops the service before it serves
+# CUDA or CPU (TRANSFIGURE_PROVIDERS): an explicit `cuda` that is not there stops it here too; the
+# serving process logs the automatic choice, its workers make the same one silently
+PROVIDERS = plan_from_settings(CONFIG, announce=not bentoml_patches.in_worker())
 if CONFIG.strict and not bentoml_patches.in_worker():
     # Refuse to start on a bad card or file, naming it, before BentoML spawns workers (a worker
     # failing in __init__ is restarted forever). Workers skip it: the serving process checked.
-    preflight(CONFIG.models_dir, CONFIG.models)
+    preflight(CONFIG.models_dir, CONFIG.models, providers=PROVIDERS)
 
 ImageFile = Annotated[Path, ContentType("image/*")]
 MAX_NAME_CHARS = 256  # model and label names longer than this are refused without being echoed
@@ -185,6 +189,7 @@ class Transfigure:
                 threads=CONFIG.threads,
                 workers=CONFIG.workers,
                 narrow=lanes > 1,
+                providers=PROVIDERS,
             )
         except CardError as e:
             log.error("refusing to start: %s (set TRANSFIGURE_STRICT=0 to start without this model)", e)
@@ -206,7 +211,7 @@ class Transfigure:
         self._samples_in_flight = 0  # /sample requests past validation (event loop only: no lock)
         self.ready = True
         _CURRENT["instance"] = self
-        log.info("models ready: %s", ", ".join(self.zoo.names()) or "(none)")
+        log.info("models ready: %s", ", ".join(f"{m.name} ({m.provider})" for m in self.zoo) or "(none)")
 
     def __is_ready__(self) -> bool:
         return self.ready
@@ -243,7 +248,15 @@ class Transfigure:
     def listing(self) -> dict[str, Any]:
         root = str(self.zoo.root)
         out: dict[str, Any] = {
-            "models": [dict(c.model_dump(mode="json"), available=True) for c in self.zoo.cards()],
+            "models": [
+                dict(
+                    m.card.model_dump(mode="json"),
+                    available=True,
+                    provider=m.provider,
+                    served_file=m.path.name,
+                )
+                for m in self.zoo
+            ],
             "unavailable": {n: why.replace(root, "<zoo>") for n, why in self.zoo.unavailable.items()},
         }
         if not self.zoo.models:

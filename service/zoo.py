@@ -23,6 +23,7 @@ import onnxruntime as ort
 
 from models import card_paths, zoo_dir
 from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, CardError, ModelCard
+from service.providers import ProviderPlan
 
 log = logging.getLogger("transfigure.zoo")
 
@@ -187,6 +188,7 @@ class LoadedModel:
     path: Path
     session: ort.InferenceSession
     narrow_session: ort.InferenceSession | None = None  # one thread, for InferenceSlots' narrow lanes
+    provider: str = "cpu"  # where the session runs: cpu | cuda (service.providers)
 
     @property
     def task(self) -> str:
@@ -233,28 +235,47 @@ def _check_graph(card: ModelCard, session: ort.InferenceSession, onnx_path: Path
 
 
 def load_model(
-    card_path: Path, threads: int | None = None, workers: int = 1, narrow: bool = False
+    card_path: Path,
+    threads: int | None = None,
+    workers: int = 1,
+    narrow: bool = False,
+    providers: ProviderPlan | None = None,
 ) -> LoadedModel:
     """Validate one ``<name>/card.json`` + its ONNX file and open the session; raises CardError.
 
     ``narrow`` also opens a one-thread session (for ``InferenceSlots``) when the main one has more.
+    ``providers`` (default: the CPU) says where the session runs; on CUDA the card's ``gpu_file``
+    is run when it names one, and there is no narrow session (CPU threads are not what is shared).
+    Raises ``service.providers.ProviderError`` where an explicitly asked-for CUDA cannot open.
     """
+    plan = providers or ProviderPlan()
     card = ModelCard.load(card_path)
     onnx_path = card.verify_file(card_path.parent)
+    if plan.uses_cuda:
+        onnx_path = card.verify_gpu_file(card_path.parent) or onnx_path
+        narrow = False
     try:
         session = ort.InferenceSession(
-            str(onnx_path), sess_options=session_options(threads, workers), providers=["CPUExecutionProvider"]
+            str(onnx_path),
+            sess_options=session_options(threads, workers),
+            providers=plan.session_providers(),
         )
         narrow_session = None
         if narrow and resolved_threads(threads, workers) > 1:
             narrow_session = ort.InferenceSession(
-                str(onnx_path), sess_options=session_options(1, workers), providers=["CPUExecutionProvider"]
+                str(onnx_path), sess_options=session_options(1, workers), providers=plan.session_providers()
             )
     except Exception as e:  # ORT raises its own exception types for unreadable graphs
         raise CardError(f"{onnx_path}: onnxruntime cannot load the model ({e})") from None
+    provider = plan.check_session(session, str(onnx_path))
     _check_graph(card, session, onnx_path)
     model = LoadedModel(
-        name=card.name, card=card, path=onnx_path, session=session, narrow_session=narrow_session
+        name=card.name,
+        card=card,
+        path=onnx_path,
+        session=session,
+        narrow_session=narrow_session,
+        provider=provider,
     )
     _check_output(model)
     return model
@@ -302,6 +323,7 @@ def check_cards(
         try:
             card = ModelCard.load(path)
             card.verify_file(path.parent)
+            card.verify_gpu_file(path.parent)
         except CardError as e:
             if strict:
                 raise
@@ -331,11 +353,12 @@ class Zoo:
         threads: int | None = None,
         workers: int = 1,
         narrow: bool = False,
+        providers: ProviderPlan | None = None,
     ) -> Zoo:
         """Open every model under ``root`` (default: ``models.zoo_dir()``), or only ``names``.
 
         strict: the first unusable model raises CardError naming its file. Otherwise it is skipped
-        and recorded in ``unavailable`` (name -> reason). ``narrow``: see ``load_model``.
+        and recorded in ``unavailable`` (name -> reason). ``narrow``, ``providers``: see ``load_model``.
         """
         root = Path(root) if root is not None else zoo_dir()
         zoo = cls(root=root)
@@ -350,7 +373,7 @@ class Zoo:
                 except CardError:
                     continue
             try:
-                model = load_model(path, threads=threads, workers=workers, narrow=narrow)
+                model = load_model(path, threads=threads, workers=workers, narrow=narrow, providers=providers)
                 if model.name in zoo.models:
                     raise CardError(
                         f"{path}: model name '{model.name}' is already used by {zoo.models[model.name].path}"
@@ -405,9 +428,11 @@ class Zoo:
         return name in self.models
 
 
-def preflight(root: Path | None = None, names: list[str] | None = None) -> None:
+def preflight(
+    root: Path | None = None, names: list[str] | None = None, providers: ProviderPlan | None = None
+) -> None:
     """Raise ``CardError`` naming the first bad card or file: cards and sha256 first (cheap), then
     every model opened once and run at its native size (a file whose hash matches its card but that
-    onnxruntime cannot load or run must stop a server before it starts too)."""
+    onnxruntime cannot load or run must stop a server before it starts too), on ``providers``."""
     check_cards(root, names, strict=True)
-    Zoo.load(root, names=names, strict=True, threads=1, workers=1)
+    Zoo.load(root, names=names, strict=True, threads=1, workers=1, providers=providers)

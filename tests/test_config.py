@@ -51,6 +51,10 @@ def test_defaults() -> None:
         ("TRANSFIGURE_STRICT", "off", False),
         ("TRANSFIGURE_STRICT", "TRUE", True),
         ("TRANSFIGURE_WORKERS", "4", 4),
+        ("TRANSFIGURE_PROVIDERS", " CUDA, cpu ", "cuda,cpu"),
+        ("TRANSFIGURE_PROVIDERS", "Auto", "auto"),
+        ("TRANSFIGURE_GPU_MEM_LIMIT", "2e9", 2_000_000_000),
+        ("TRANSFIGURE_GPU_MEM_LIMIT", "0", 0),  # 0: no limit
         ("TRANSFIGURE_THREADS", "3", 3),
         ("TRANSFIGURE_THREADS", "0", None),  # 0: the automatic choice
         ("TRANSFIGURE_INFER_CONCURRENCY", "1", 1),
@@ -112,6 +116,8 @@ def test_derived_limits_follow_what_they_derive_from(monkeypatch: pytest.MonkeyP
         ("TRANSFIGURE_STRICT", "maybe"),
         ("TRANSFIGURE_WORKERS", "0"),
         ("TRANSFIGURE_WORKERS", "two"),
+        ("TRANSFIGURE_PROVIDERS", "tpu"),
+        ("TRANSFIGURE_GPU_MEM_LIMIT", "-1"),
         ("TRANSFIGURE_THREADS", "-1"),
         ("TRANSFIGURE_TIMEOUT", "1.5"),
         ("TRANSFIGURE_MAX_BYTES", "lots"),
