@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         ge=0,
         description="inferences running at once per worker: a request alone runs on every ORT thread, queued "
         "requests run side by side on one thread each (more requests/s under load); `1` = strictly one at a time",
-        json_schema_extra={"doc_default": "threads"},
+        json_schema_extra={"doc_default": "threads; `1` on CUDA"},
     )
     timeout: int = Field(
         default=60, ge=1, description="request timeout in seconds (BentoML `traffic.timeout`)"

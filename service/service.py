@@ -180,7 +180,10 @@ class Transfigure:
     def __init__(self) -> None:
         self.config = CONFIG
         self.ready = False
-        lanes = CONFIG.infer_concurrency or resolved_threads(CONFIG.threads, CONFIG.workers)
+        # on CUDA one inference at a time by default: runs on one device queue there anyway, and each
+        # concurrent one would hold its own working set in the arena
+        default_lanes = 1 if PROVIDERS.uses_cuda else resolved_threads(CONFIG.threads, CONFIG.workers)
+        lanes = CONFIG.infer_concurrency or default_lanes
         try:
             self.zoo = Zoo.load(
                 CONFIG.models_dir,

@@ -24,7 +24,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
-TARGETS = {"base": "base", "dev": "overlays/dev", "prod": "overlays/prod", "batch": "batch", "train": "train"}
+TARGETS = {
+    "base": "base",
+    "dev": "overlays/dev",
+    "prod": "overlays/prod",
+    "gpu": "overlays/gpu",
+    "batch": "batch",
+    "train": "train",
+}
 FALLBACK_TARGETS = {"base", "batch", "train"}  # these use only what the fallback renderer understands
 PYTORCHJOB_CRD = ROOT / "tests" / "schemas" / "kubeflow.org_pytorchjobs.yaml"
 ELIDED = "x-transfigure-elided"  # where the committed CRD leaves out a copy of a core Kubernetes type
@@ -156,7 +163,7 @@ def _config(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, 
 
 
 ALL = pytest.mark.parametrize("target", list(TARGETS))
-SERVICE_TARGETS = pytest.mark.parametrize("target", ["base", "dev", "prod"])
+SERVICE_TARGETS = pytest.mark.parametrize("target", ["base", "dev", "prod", "gpu"])
 
 
 # -- rendering and schema ------------------------------------------------------------------------------
@@ -243,7 +250,7 @@ def test_pods_are_restricted(rendered: dict[str, list[dict[str, Any]]], target: 
 
 
 def test_namespace_enforces_restricted(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for target in ("base", "dev", "prod"):
+    for target in ("base", "dev", "prod", "gpu"):
         if target not in rendered:
             continue
         ns = _one(rendered[target], "Namespace")
@@ -328,6 +335,40 @@ def test_overlays_differ_where_they_should(rendered: dict[str, list[dict[str, An
     assert _one(prod, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2  # survives losing a pod
 
 
+def test_gpu_overlay(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """One NVIDIA GPU per pod on GPU nodes, CUDA or refuse, the GPU image; otherwise prod's pod."""
+    from service.config import load_settings
+
+    gpu, prod = _target(rendered, "gpu"), _target(rendered, "prod")
+    pod, prod_pod = (_one(d, "Deployment")["spec"]["template"]["spec"] for d in (gpu, prod))
+    (c,), (prod_c,) = pod["containers"], prod_pod["containers"]
+    res = c["resources"]
+    assert int(res["limits"]["nvidia.com/gpu"]) == 1
+    assert (
+        res["requests"].get("nvidia.com/gpu", res["limits"]["nvidia.com/gpu"])
+        == res["limits"]["nvidia.com/gpu"]
+    )
+    assert "nvidia.com/gpu" not in prod_c["resources"]["limits"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert c["image"].endswith("-gpu") and c["image"].rsplit(":", 1)[0] == prod_c["image"].rsplit(":", 1)[0]
+    # the same restricted pod as prod
+    assert pod["securityContext"] == prod_pod["securityContext"]
+    assert c["securityContext"] == prod_c["securityContext"]
+    for key in ("automountServiceAccountToken", "enableServiceLinks", "volumes"):
+        assert pod.get(key) == prod_pod.get(key), key
+    env = _config(gpu, c)
+    assert env["TRANSFIGURE_PROVIDERS"] == "cuda" and int(env["TRANSFIGURE_WORKERS"]) == 1
+    assert int(env["TRANSFIGURE_INFER_CONCURRENCY"]) == 1
+    settings = load_settings(
+        providers=env["TRANSFIGURE_PROVIDERS"], gpu_mem_limit=env["TRANSFIGURE_GPU_MEM_LIMIT"]
+    )
+    assert settings.providers == "cuda" and 0 < settings.gpu_mem_limit <= 16 << 30
+    assert _one(gpu, "Namespace")["metadata"]["name"] not in {
+        _one(_target(rendered, t), "Namespace")["metadata"]["name"] for t in ("dev", "prod")
+    }
+
+
 def test_batch_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
     from service import batch
 
@@ -369,7 +410,7 @@ def test_batch_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert netpol["spec"].get("ingress", []) == [] and netpol["spec"].get("egress", []) == []
 
 
-@pytest.mark.parametrize("target", ["base", "dev", "prod", "batch"])
+@pytest.mark.parametrize("target", ["base", "dev", "prod", "gpu", "batch"])
 def test_configured_variables_are_valid_settings(
     rendered: dict[str, list[dict[str, Any]]], target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
