@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from training import loop
 from training.config import (
     ConfigError,
     TrainConfig,
@@ -23,7 +24,16 @@ from training.config import (
     config_from_args,
     merge_resume_config,
 )
-from training.loop import EMA, Runtime, StepSampler, data_stream, image_grid, linear_decay_schedule, train
+from training.loop import (
+    EMA,
+    Runtime,
+    StepSampler,
+    data_stream,
+    image_grid,
+    linear_decay_schedule,
+    resolve_precision,
+    train,
+)
 
 
 class ToyData:
@@ -276,3 +286,26 @@ def test_runtime_precision_rules() -> None:
         Runtime.create("cpu", "fp16")
     with pytest.raises(ConfigError, match="unknown precision"):
         Runtime.create("cpu", "fp8")
+
+
+def test_auto_precision_on_cuda_is_bf16_where_supported_else_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decided without a GPU: what the GPU reports is set through torch.cuda's public query."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", cuda) == "fp16"  # Runtime turns the GradScaler on for fp16
+    assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cuda) == "bf16"
+    assert resolve_precision("auto", torch.device("cpu")) in {"fp32", "bf16"}  # the CPU rule is unchanged
+
+
+def test_batches_are_pinned_and_loaded_by_workers_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(loop, "data_stream", lambda *args, **kwargs: seen.append({"args": args, **kwargs}))
+    cfg = TrainConfig(batch_size=2, num_workers=3)
+    for device in ("cuda", "cpu"):
+        rt = Runtime(torch.device(device), "fp32", torch.amp.GradScaler("cpu", enabled=False))
+        loop.batch_stream([0, 1, 2], cfg, rt, start_step=5)
+    on_cuda, on_cpu = seen
+    assert on_cuda["pin_memory"] is True and on_cpu["pin_memory"] is False
+    assert on_cuda["args"][1:] == on_cpu["args"][1:] == (2, 0, 5, 3)  # batch, seed, start, workers

@@ -79,7 +79,8 @@ class TrainConfig:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto (bf16 where the hardware supports it, else fp32), fp32, bf16, fp16 (CUDA only)",
+            "help": "auto (CUDA: bf16 where the GPU supports it, else fp16 with a grad scaler; CPU: bf16 "
+            "where native, else fp32), fp32, bf16, fp16 (CUDA only)",
             "choices": PRECISIONS,
         },
     )

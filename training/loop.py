@@ -95,12 +95,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA (when supported) and on CPUs with native bf16, else fp32."""
+    """``auto`` -> on CUDA bf16 where the GPU supports it (Ampere and later), else fp16 with a grad
+    scaler (:class:`Runtime`); on a CPU bf16 where it is native, else fp32."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+            # bf16 keeps fp32's range: no loss scaling; older GPUs get fp16 autocast + GradScaler
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if _cpu_supports_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
