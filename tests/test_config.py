@@ -1,4 +1,4 @@
-"""service.config: every variable read with its default, invalid values named, the README table current."""
+"""service.config: every variable read with its default, invalid values named, the documented table current."""
 
 from __future__ import annotations
 
@@ -167,25 +167,26 @@ def test_get_settings_is_read_once_until_the_cache_is_cleared(monkeypatch: pytes
         get_settings.cache_clear()
 
 
-def _readme_rows() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
-    return [line for line in section.splitlines() if line.startswith("| `")]
+CONFIG_PAGE = REPO / "docs" / "reference" / "configuration.md"
 
 
-def test_the_readme_table_is_the_settings() -> None:
-    """Run ``python -m service.config`` and paste its table into the README when this fails."""
-    rows, expected = _readme_rows(), markdown_rows()
+def _documented_rows() -> list[str]:
+    return [line for line in CONFIG_PAGE.read_text().splitlines() if line.startswith("| `")]
+
+
+def test_the_documented_table_is_the_settings() -> None:
+    """docs/reference/configuration.md is generated from Settings: run `make docs-gen` when this fails."""
+    rows, expected = _documented_rows(), markdown_rows()
     documented = [re.match(r"\| `(\w+)`", r).group(1) for r in rows]  # type: ignore[union-attr]
-    assert sorted(documented) == sorted(VARIABLES), "README rows and settings differ"
+    assert sorted(documented) == sorted(VARIABLES), "documented rows and settings differ: run `make docs-gen`"
     for want in expected:
         name = want.split("`")[1]
-        assert want in rows, f"README row for {name} is stale; it should read:\n{want}"
-    assert rows == expected, "README rows are out of order"
+        assert want in rows, f"the row for {name} is stale (run `make docs-gen`); it should read:\n{want}"
+    assert rows == expected, "documented rows are out of order: run `make docs-gen`"
 
 
 def test_stated_defaults_are_the_real_ones() -> None:
-    """Where a default is a number, the README's default column starts with it."""
+    """Where a default is a number, the documented default column starts with it."""
     for row in markdown_rows():
         name, default_text = re.match(r"\| `(\w+)` \| (.*?) \|", row).groups()  # type: ignore[union-attr]
         default = Settings.model_fields[VARIABLES[name]].default
