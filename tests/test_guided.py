@@ -153,3 +153,24 @@ def test_a_generator_without_normalisation_keeps_its_activations_alive() -> None
     faded = GuidedTranslator(norm="none")
     init_weights(faded.net)
     assert pre_head_std(faded) < 0.05
+
+
+def test_bounded_slopes_never_invert_a_photos_contrast() -> None:
+    photo = _photo(64, 64)
+    inverting = -2.5 * photo  # a change that would turn the photo into its negative
+    a_free, _ = guided_filter_coefficients(photo, inverting, 1, 1e-4)
+    a_bound, b_bound = guided_filter_coefficients(photo, inverting, 1, 1e-4, max_slope=0.75)
+    assert float(a_free.min()) < -2.0  # unbounded: gain 1 + a < 0, the contrast inverts
+    assert float(a_bound.min()) > -0.75 and float(a_bound.max()) < 0.75
+    # the bounded fit still reproduces the change's local means (b is refitted to them)
+    fitted = box_filter(a_bound * photo + b_bound, 1)
+    assert torch.allclose(fitted.mean(), box_filter(inverting, 1).mean(), atol=0.05)
+    # through a translator: every channel's gain stays positive, so bright stays brighter than dark
+    net = _trained_like(std=2.0, max_slope=0.75)
+    with torch.no_grad():
+        lo = net.low(photo)
+        a, _ = guided_filter_coefficients(lo, net.change(lo), net.radius, net.eps, net.max_slope)
+        assert float((1 + a).min()) > 0.0
+    assert "slope <= 0.75" in net.architecture
+    with pytest.raises(ValueError, match="max_slope"):
+        GuidedTranslator(max_slope=-1.0)

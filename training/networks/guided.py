@@ -26,6 +26,7 @@ the input's own shape, so a 4:3 photo's coefficients are stretched, not its outp
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,14 +40,22 @@ def box_filter(x: Tensor, radius: int) -> Tensor:
 
 
 def guided_filter_coefficients(
-    guide: Tensor, target: Tensor, radius: int, eps: float
+    guide: Tensor, target: Tensor, radius: int, eps: float, max_slope: float = 0.0
 ) -> tuple[Tensor, Tensor]:
     """Per-channel guided filter (He et al.): ``a``, ``b`` with ``target ~ a * guide + b`` in every
-    window, averaged over the windows covering each pixel. ``guide`` and ``target`` are N x C x H x W."""
+    window, averaged over the windows covering each pixel. ``guide`` and ``target`` are N x C x H x W.
+
+    ``max_slope`` > 0 bounds the slopes smoothly, ``a = m * tanh(a / m)``, and refits ``b`` to the
+    window means. For a translator's change (``out = x + a * x + b``) a slope below -1 inverts the
+    photo's local contrast, and channels that invert differently paint rainbow fringes along bright
+    edges once the coefficients are resized to full resolution; with ``m < 1`` the gain ``1 + a``
+    stays positive."""
     mean_i, mean_t = box_filter(guide, radius), box_filter(target, radius)
     cov = box_filter(guide * target, radius) - mean_i * mean_t
     var = box_filter(guide * guide, radius) - mean_i * mean_i
     a = cov / (var.clamp_min(0.0) + eps)
+    if max_slope > 0:
+        a = max_slope * torch.tanh(a / max_slope)
     b = mean_t - a * mean_i
     return box_filter(a, radius), box_filter(b, radius)
 
@@ -84,15 +93,21 @@ class GuidedTranslator(nn.Module):
         eps: float = 1e-3,
         detail: bool = False,
         upsample: str = "resize",
+        max_slope: float = 0.0,
     ) -> None:
         super().__init__()
         if low_size % 4 or low_size < 8:
             raise ValueError(f"low_size must be a multiple of 4 and at least 8, got {low_size}")
-        if radius < 1 or eps <= 0:
-            raise ValueError(f"need radius >= 1 and eps > 0, got radius={radius}, eps={eps}")
+        if radius < 1 or eps <= 0 or max_slope < 0:
+            raise ValueError(
+                f"need radius >= 1, eps > 0 and max_slope >= 0, got radius={radius}, eps={eps}, "
+                f"max_slope={max_slope}"
+            )
         self.low_size, self.radius, self.eps, self.detail = low_size, radius, float(eps), detail
+        self.max_slope = float(max_slope)
         self.config = {"low_size": low_size, "ngf": ngf, "n_blocks": n_blocks, "norm": norm,
-                       "radius": radius, "eps": float(eps), "detail": detail, "upsample": upsample}  # fmt: skip
+                       "radius": radius, "eps": float(eps), "detail": detail, "upsample": upsample,
+                       "max_slope": float(max_slope)}  # fmt: skip
         self.net = ResnetGenerator(3, 3, ngf=ngf, n_blocks=n_blocks, norm=norm, upsample=upsample)
         if norm == "none":
             _variance_preserving_init(self.net, n_blocks)
@@ -116,7 +131,7 @@ class GuidedTranslator(nn.Module):
         size = x.shape[-2:]
         lo = self.low(x)
         delta = self.change(lo)
-        a, b = guided_filter_coefficients(lo, delta, self.radius, self.eps)
+        a, b = guided_filter_coefficients(lo, delta, self.radius, self.eps, self.max_slope)
         up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         out = x + up(a) * x + up(b)
         if self.detail:
@@ -127,6 +142,8 @@ class GuidedTranslator(nn.Module):
     def architecture(self) -> str:
         c = self.config
         extra = ", detail" if c["detail"] else ""
+        if c.get("max_slope"):
+            extra += f", slope <= {c['max_slope']:g}"
         return (
             f"GuidedTranslator(low_size={c['low_size']}, ResNet ngf={c['ngf']}, blocks={c['n_blocks']}, "
             f"norm={c['norm']}, guided filter r={c['radius']} eps={c['eps']:g}{extra})"

@@ -91,6 +91,11 @@ class Config(TranslationConfig):
         default=1, metadata={"help": "guided: box radius of the guided filter (low-res px)"}
     )
     gf_eps: float = field(default=1e-3, metadata={"help": "guided: guided-filter regulariser"})
+    gf_max_slope: float = field(
+        default=0.0,
+        metadata={"help": "guided: bound on the guided filter's slopes, m * tanh(a / m); below 1 the local gain "
+                  "stays positive, so no colour channel's contrast inverts (0: unbounded)"},
+    )  # fmt: skip
     detail: bool = field(
         default=False, metadata={"help": "guided: also add the change the local linear model cannot express"}
     )
@@ -193,6 +198,7 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
             return GuidedTranslator(
                 config.low_size, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.g_norm or config.norm,
                 radius=config.gf_radius, eps=config.gf_eps, detail=config.detail, upsample=config.upsample,
+                max_slope=config.gf_max_slope,
             )  # fmt: skip
         return ResnetGenerator(
             3,
