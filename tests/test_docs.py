@@ -106,3 +106,23 @@ def test_docs_speak_of_the_product(page: str) -> None:
     text = (REPO / "docs" / page).read_text().lower()
     for word in ("issue #", "the issue", "the brief"):
         assert word not in text, f"docs/{page} mentions {word!r}"
+
+
+def test_the_readme_facts_about_the_make_targets_and_python() -> None:
+    """What the README says of `make` and of Python, checked against the Makefile and pyproject."""
+    text = README.read_text()
+
+    def dry_run(*args: str) -> str:
+        return subprocess.run(
+            ["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+
+    assert "make serve HOST=0.0.0.0 PORT=8080" in text
+    assert dry_run("serve", "HOST=0.0.0.0", "PORT=8080").rstrip().endswith("serve --host 0.0.0.0 --port 8080")
+    assert "`make docs` serves the documentation site on http://127.0.0.1:8000" in text
+    assert "mkdocs serve --dev-addr 127.0.0.1:8000" in dry_run("docs")
+    assert "scripts/gen_docs.py" in dry_run("docs-gen")
+    assert "ruff" in dry_run("lint") and "tests/benchmarks/run_all.py" in dry_run("bench")
+    assert "-m pytest" in dry_run("test")
+    requires = re.search(r'requires-python = ">=([\d.]+)"', (REPO / "pyproject.toml").read_text()).group(1)  # type: ignore[union-attr]
+    assert f"Python ≥ {requires}" in text
