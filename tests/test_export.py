@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -251,6 +252,40 @@ def test_int8_is_kept_only_within_the_metric_threshold(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.card.precision == "fp32" and refused.int8.shipped == "fp32"
     assert refused.int8.relative_loss > 0 and refused.int8.metric == "headline"
+
+
+def test_an_int8_export_can_keep_its_fp32_file_for_the_cuda_provider(tmp_path: Path) -> None:
+    net = TinyTranslator().eval()
+    rng = np.random.default_rng(0)
+    calib = [{IMAGE_INPUT: rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for _ in range(2)]
+    options = ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=1e9, gpu_fp32=True)
+    res = ex.export_net(
+        net, TRANSLATE, name="g", out_root=tmp_path, training=TRAINING, calibration=calib,
+        int8_metric=lambda path: 1.0, options=options,
+    )  # fmt: skip
+    card = ModelCard.load(tmp_path / "g")
+    assert res.card.precision == "int8" and card.gpu_file is not None and card.gpu_file.precision == "fp32"
+    fp32 = card.verify_gpu_file(tmp_path / "g")
+    ops = {
+        f: {n.op_type for n in onnx.load(tmp_path / "g" / f).graph.node} for f in ("model.onnx", fp32.name)
+    }
+    assert fp32.name == ex.GPU_FP32_FILE and "QuantizeLinear" in ops["model.onnx"] - ops[fp32.name]
+    x = calib[0]
+    with torch.no_grad():
+        want = net(torch.from_numpy(x[IMAGE_INPUT])).numpy()
+    assert np.abs(onnx_export.ort_session(fp32).run([OUTPUT], x)[0] - want).max() < 1e-4  # the fp32 network
+    # INT8 refused: the shipped file is the fp32 one, and there is no second file
+    options = ex.ExportOptions(prefer_dynamo=False, int8=True, int8_max_loss=0.0, gpu_fp32=True)
+    ex.export_net(
+        net, TRANSLATE, name="g", out_root=tmp_path, training=TRAINING, calibration=calib,
+        int8_metric=lambda path: 2.0 if path.name.startswith("model.int8") else 1.0, options=options,
+    )  # fmt: skip
+    card = ModelCard.load(tmp_path / "g")
+    assert (
+        card.precision == "fp32"
+        and card.gpu_file is None
+        and not (tmp_path / "g" / ex.GPU_FP32_FILE).exists()
+    )
 
 
 def test_quality_bar_is_recorded_and_checked(tmp_path: Path) -> None:

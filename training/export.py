@@ -53,6 +53,8 @@ from training.onnx_export import PARITY_COMPARED, ExportError, ParityResult, che
 from training.provenance import git_commit, training_info
 from training.recipes import load_run, load_run_from_card, recipe_module, with_data
 
+GPU_FP32_FILE = "model_fp32.onnx"
+
 
 @dataclass(frozen=True)
 class ExportOptions:
@@ -63,6 +65,7 @@ class ExportOptions:
     int8_max_loss: float = 0.03  # keep int8 only if the headline metric loses at most 3 % (relative)
     calibration_images: int = CALIBRATION_IMAGES
     prefer_dynamo: bool = True
+    gpu_fp32: bool = False  # an INT8 file shipped: keep the fp32 one too, for the CUDA provider
 
 
 @dataclass
@@ -145,8 +148,13 @@ def export_net(
             precision=precision, training=training, metrics=metrics, headline=headline, notes=notes,
             parity=parity_record, int8_gate=int8_gate, quality_bar=quality_bar,
         )  # fmt: skip
+        gpu_file = options.gpu_fp32 and precision == "int8"
+        if gpu_file:  # the service runs this one on onnxruntime's CUDA provider (service.zoo)
+            data["gpu_file"] = {"file": GPU_FP32_FILE, "sha256": sha256_file(fp32), "precision": "fp32"}
         card = ModelCard.from_dict(data, source=f"card for '{name}'")  # validated before writing anything
         files: dict[str, Path | bytes] = {card.onnx_file: chosen}
+        if gpu_file:
+            files[GPU_FP32_FILE] = fp32
         if grid_rows:
             files[GRID_FILE] = grid_png(grid_rows)
         folder = write_model_folder(out_root, name, card, files)
@@ -231,7 +239,7 @@ def export_run(args: argparse.Namespace) -> ExportResult:
         rows = None
         print(f"transfigure export: no sample grid ({e})", file=sys.stderr)
     options = ExportOptions(
-        opset=args.opset, atol=args.atol, int8=args.int8, int8_max_loss=args.int8_max_loss,
+        opset=args.opset, atol=args.atol, int8=args.int8, int8_max_loss=args.int8_max_loss, gpu_fp32=args.gpu_fp32,
         calibration_images=args.calibration_images, prefer_dynamo=not args.torchscript,
     )  # fmt: skip
     calibration = io.calibration() if args.int8 and io.calibration is not None else None
@@ -288,6 +296,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--torchscript", action="store_true", help="skip the dynamo exporter")
     parser.add_argument("--int8", action="store_true", help="also try INT8 static quantisation (QDQ)")
+    parser.add_argument(
+        "--gpu-fp32",
+        action="store_true",
+        help=f"with --int8: when the INT8 file ships, keep the fp32 one too ({GPU_FP32_FILE}, the card's "
+        "gpu_file), which the service runs on onnxruntime's CUDA provider (INT8 QDQ files are made for the CPU's)",
+    )
     parser.add_argument("--int8-max-loss", type=float, default=ExportOptions.int8_max_loss,
                         help="keep INT8 only if the headline metric loses at most this fraction")  # fmt: skip
     parser.add_argument("--calibration-images", type=int, default=ExportOptions.calibration_images,

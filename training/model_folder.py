@@ -122,7 +122,9 @@ def write_model_folder(
             else:
                 shutil.copyfile(content, target)
         card.save(tmp)
-        ModelCard.load(tmp / CARD_FILE).verify_file(tmp)  # what the service will check, before it is live
+        written = ModelCard.load(tmp / CARD_FILE)  # what the service will check, before it is live
+        written.verify_file(tmp)
+        written.verify_gpu_file(tmp)
         old = None
         if final.exists():
             old = out_root / f".{name}.old-{time.time_ns()}"
