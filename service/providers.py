@@ -13,6 +13,15 @@ On CUDA each model has one session whose device memory arena is limited to
 ``TRANSFIGURE_GPU_MEM_LIMIT`` bytes; requests are admitted by the same pixel budget as on the CPU
 (``service.admission``), and a large image still runs alone (``service.zoo.InferenceSlots``).
 
+INT8 files: the shipped INT8 models are QDQ graphs quantised for the CPU provider, whose graph
+optimiser fuses each QuantizeLinear/DequantizeLinear group into an int8 kernel. The CUDA provider
+has no such fusion for convolutions (Hugging Face Optimum's GPU guide: quantised models are not
+accelerated on it; INT8 on NVIDIA GPUs is TensorRT's provider), so there the convolutions run in
+float between the quantise/dequantise nodes: expect no speed-up over the fp32 file, the INT8
+rounding kept, and possibly nodes left to the CPU. A card's ``gpu_file`` (``transfigure export
+--int8 --gpu-fp32``) names the fp32 file that CUDA runs instead. None of this has been measured on
+a GPU here; ``tests/gpu/check.sh`` times every shipped file on both providers.
+
 ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime`` module, each over the
 other's files; pip cannot keep one extra from installing alongside the other, so the service
 refuses to start where it finds both installed.
