@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -109,6 +111,20 @@ def session_options(threads: int | None = None, workers: int = 1) -> ort.Session
 _LANE = threading.local()
 
 
+class SlotExpired(TimeoutError):
+    """A request's turn in the inference lanes did not come before its deadline (``slot(deadline=...)``)."""
+
+
+class _Waiter:
+    __slots__ = ("exclusive", "event", "granted", "wide")
+
+    def __init__(self, exclusive: bool) -> None:
+        self.exclusive = exclusive
+        self.event = threading.Event()
+        self.granted = False
+        self.wide = False
+
+
 class InferenceSlots:
     """Who runs an inference now, and on how many threads: latency when alone, throughput under load.
 
@@ -120,6 +136,11 @@ class InferenceSlots:
     runs and nobody else waits, else *narrow* (its one-thread session, one of ``lanes`` permits).
     ``lanes=1`` is the plain one-at-a-time semaphore.
 
+    Waiting requests form one queue and are served first come, first served (a ticket queue: each
+    waiter has its own event and only the head of the queue may start), so no request is overtaken
+    and none starves; a ``deadline`` (``time.monotonic()`` seconds) takes a waiter out of the queue
+    when its turn has not come by then (``SlotExpired``).
+
     ``slot(exclusive=True)`` (a large image) waits until nothing runs, runs wide and alone, and holds
     back requests that arrive while it waits: a large inference holds memory in proportion to its
     pixels, so at most one such working set is in memory at a time.
@@ -127,11 +148,10 @@ class InferenceSlots:
 
     def __init__(self, lanes: int) -> None:
         self.lanes = max(1, int(lanes))
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._queue: deque[_Waiter] = deque()
         self._running = 0
         self._wide = False
-        self._waiting = 0
-        self._exclusive_waiting = 0
 
     @property
     def running(self) -> int:
@@ -141,39 +161,51 @@ class InferenceSlots:
     @property
     def waiting(self) -> int:
         """Inferences waiting for a slot now (exclusive ones included)."""
-        return self._waiting
+        return len(self._queue)
 
-    def _may_start(self, exclusive: bool) -> bool:
-        if self._wide:
-            return False
-        if exclusive:
-            return self._running == 0
-        return self._running < self.lanes and self._exclusive_waiting == 0
-
-    @contextmanager
-    def slot(self, exclusive: bool = False) -> Iterator[bool]:
-        """Hold a slot for one inference; yields True when it runs wide (on every thread)."""
-        with self._cond:
-            self._waiting += 1
-            self._exclusive_waiting += exclusive
-            try:
-                self._cond.wait_for(lambda: self._may_start(exclusive))
-            finally:
-                self._waiting -= 1
-                self._exclusive_waiting -= exclusive
-            wide = exclusive or self.lanes == 1 or (self._running == 0 and self._waiting == 0)
+    def _dispatch(self) -> None:
+        """Start waiters from the head of the queue while they may start (under the lock)."""
+        while self._queue and not self._wide:
+            head = self._queue[0]
+            if self._running >= (1 if head.exclusive else self.lanes):
+                return
+            self._queue.popleft()
+            wide = head.exclusive or self.lanes == 1 or (self._running == 0 and not self._queue)
             self._running += 1
             self._wide = wide and self.lanes > 1
+            head.wide, head.granted = wide, True
+            head.event.set()
+
+    @contextmanager
+    def slot(self, exclusive: bool = False, deadline: float | None = None) -> Iterator[bool]:
+        """Hold a slot for one inference; yields True when it runs wide (on every thread).
+
+        ``deadline``: give up waiting then (``time.monotonic()`` seconds) and raise ``SlotExpired``.
+        """
+        waiter = _Waiter(exclusive)
+        with self._lock:
+            self._queue.append(waiter)
+            self._dispatch()
+        if not waiter.granted:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            waiter.event.wait(timeout)
+            with self._lock:
+                if not waiter.granted:
+                    self._queue.remove(waiter)
+                    self._dispatch()  # an exclusive waiter leaving may let the ones behind it start
+                    raise SlotExpired("the request's turn did not come before its deadline")
+        wide = waiter.wide
         token = getattr(_LANE, "narrow", False)
         _LANE.narrow = not wide
         try:
             yield wide
         finally:
             _LANE.narrow = token
-            with self._cond:
+            with self._lock:
                 self._running -= 1
-                self._wide = False if wide else self._wide
-                self._cond.notify_all()
+                if wide:
+                    self._wide = False
+                self._dispatch()
 
 
 # -- one model ---------------------------------------------------------------------------------
