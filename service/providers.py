@@ -20,7 +20,7 @@ accelerated on it; INT8 on NVIDIA GPUs is TensorRT's provider), so there the con
 float between the quantise/dequantise nodes: expect no speed-up over the fp32 file, the INT8
 rounding kept, and possibly nodes left to the CPU. A card's ``gpu_file`` (``transfigure export
 --int8 --gpu-fp32``) names the fp32 file that CUDA runs instead. None of this has been measured on
-a GPU here; ``tests/gpu/check.sh`` times every shipped file on both providers.
+a GPU yet; ``tests/gpu/check.sh`` times every shipped file on both providers.
 
 ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime`` module, each over the
 other's files; pip cannot keep one extra from installing alongside the other, so the service

@@ -346,6 +346,8 @@ def test_models_lists_cards_and_unavailable(http: httpx.Client) -> None:
     names = ["guided"] * HAS_TORCH + ["tiny-free", "tiny-sample", "tiny-translate", "tiny-upscale"]
     assert [m["name"] for m in listing["models"]] == names
     assert all(m["available"] for m in listing["models"])
+    # where each model runs (TRANSFIGURE_PROVIDERS=auto without CUDA: the CPU) and which file
+    assert all(m["provider"] == "cpu" and m["served_file"] == m["onnx_file"] for m in listing["models"])
     by_name = {m["name"]: m for m in listing["models"]}
     assert by_name["tiny-translate"]["schema_version"] == 2 and by_name["tiny-translate"]["parity"] is None
     if HAS_TORCH:  # an exported card: its typed export records pass through as the card has them
