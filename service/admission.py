@@ -1,14 +1,24 @@
-"""How many image pixels a worker works on at once: the memory bound of requests in flight.
+"""Admission: whether a worker takes a request now or refuses it at once (HTTP 503 with Retry-After).
 
-A translator that runs at full resolution needs memory in proportion to the image (a 12-MP photo
-through a guided translator: ~1 GB at its peak, onnxruntime's arena included), and requests are
-decoded before they wait for an inference lane, so without a bound a worker's memory grows with
-the number of large requests in flight until the kernel kills it. ``PixelBudget`` counts the
-decoded pixels of the requests between their decode and the end of their encode; a request that
-would take the total above the budget is refused at once (``ServerBusy``, HTTP 503 with
-Retry-After) rather than queued, because a queued decoded image holds its memory while it waits. A
-request alone is always admitted, so the per-request limits (``TRANSFIGURE_MAX_PIXELS``) decide
-what can be served at all.
+Two bounds, each refusing rather than queueing without end:
+
+* **Time** (``QueueAdmission``): a request may wait for an inference lane at most
+  ``TRANSFIGURE_MAX_QUEUE_MS``, counted from its arrival. The wait a new request can expect is
+  the work ahead of it (each admitted request's estimated inference time, from an average of its
+  model's recent inference times at its size) spread over the lanes; past the target it is refused
+  at once, with a Retry-After of the expected drain time, and a request still waiting when the
+  target has passed is refused rather than run late. So an admitted request answers in about the
+  target plus its own inference time however many arrive, and the rest are free to retry at once
+  elsewhere (another replica) or later.
+* **Memory** (``PixelBudget``): a translator that runs at full resolution needs memory in
+  proportion to the image (a 12-MP photo through a guided translator: ~1 GB at its peak,
+  onnxruntime's arena included), and requests are decoded before they wait for an inference
+  lane, so without a bound a worker's memory grows with the number of large requests in flight
+  until the kernel kills it. ``PixelBudget`` counts the decoded pixels of the requests between
+  their decode and the end of their encode; a request that would take the total above the budget
+  is refused at once rather than queued, because a queued decoded image holds its memory while it
+  waits. A request alone is always admitted, so the per-request limits
+  (``TRANSFIGURE_MAX_PIXELS``) decide what can be served at all.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from dataclasses import dataclass
 
 from service.zoo import InferenceSlots, SlotExpired
 
-RETRY_AFTER_S = 1  # the Retry-After of the service's "too busy" answers (429, 503)
+RETRY_AFTER_S = 1  # the Retry-After of "too busy" answers with no drain time to go by (429, 503)
 
 
 class ServerBusy(RuntimeError):

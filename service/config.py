@@ -36,6 +36,9 @@ PROVIDER_WORDS = (
 )  # TRANSFIGURE_PROVIDERS' words (service.providers maps them to onnxruntime's)
 _VERBATIM = {"api_token", "models_dir"}  # taken as written: not stripped of spaces
 _DEFAULTS = Limits()
+# 5x the unloaded p99 of the cheapest shipped translator (a 256-px /translate on one core:
+# docs/RELIABILITY.md, "Overload"), so that an admitted request answers within about a second.
+DEFAULT_MAX_QUEUE_MS = 500
 
 
 class SettingsError(ValueError):
@@ -146,6 +149,14 @@ class Settings(BaseSettings):
         default=64,
         ge=1,
         description="requests in flight per service before 429 with `Retry-After` (BentoML `traffic.max_concurrency`)",
+    )
+    max_queue_ms: int = Field(
+        default=DEFAULT_MAX_QUEUE_MS,
+        ge=1,
+        description="how long a request may wait for an inference lane, counted from its arrival: a request "
+        "expected to wait longer (from each model's recent inference time per image size and the requests "
+        "ahead of it) gets 503 with `Retry-After` (the expected drain time) at once, and one still waiting "
+        "when the time is up gets the same instead of running late; `MAX_CONCURRENCY` stays the outer bound",
     )
     max_body_bytes: int = Field(
         default=0,

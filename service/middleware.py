@@ -1,7 +1,11 @@
-"""ASGI middleware in front of the BentoML app: body size limit (413), bearer token, GET /models.
+"""ASGI middleware in front of the BentoML app: body size limit (413), bearer token, GET /models,
+the busy answer (503) and the request's arrival time.
 
 Plain ASGI (no framework) so that it runs before BentoML reads the body: an oversized upload is
-refused from its Content-Length, or cut off as soon as the streamed bytes pass the limit.
+refused from its Content-Length, or cut off as soon as the streamed bytes pass the limit, and a
+request the server is too busy for is refused before its body is read or parsed. The time the
+request's body has been received is stored in the scope under ``ARRIVAL_KEY``
+(``time.monotonic()``): a request's queueing time counts from there.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -20,6 +25,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Probes and scrapers must work without the token (Kubernetes and Prometheus do not send one).
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+ARRIVAL_KEY = "transfigure.arrival"
+# busy(path) -> None to go on, or (JSON body, Retry-After seconds) for a 503 answered at once
+BusyCheck = Callable[[str], "tuple[Any, int] | None"]
 
 
 async def _send_json(
@@ -42,9 +50,11 @@ class _TooLarge(Exception):
 
 
 class GuardMiddleware:
-    """Reject oversized bodies (413) and requests without the bearer token (401); serve GET /models.
+    """Reject oversized bodies (413), requests without the bearer token (401) and requests the server
+    is too busy for (503); serve GET /models.
 
-    ``models_json`` is called per GET /models request and returns the JSON-able listing.
+    ``models_json`` is called per GET /models request and returns the JSON-able listing; ``busy``
+    per POST request, with its path (see ``BusyCheck``).
     """
 
     def __init__(
@@ -53,8 +63,10 @@ class GuardMiddleware:
         max_body_bytes: int,
         api_token: str | None = None,
         models_json: Callable[[], Any] | None = None,
+        busy: BusyCheck | None = None,
     ) -> None:
         self.app = app
+        self.busy = busy
         self.max_body_bytes = max_body_bytes
         self.api_token = api_token
         self.models_json = models_json
@@ -72,6 +84,7 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[ARRIVAL_KEY] = time.monotonic()
         if not self._authorized(scope):
             await _send_json(
                 send,
@@ -85,6 +98,12 @@ class GuardMiddleware:
         if scope.get("path") == "/models" and scope.get("method") in {"GET", "HEAD"} and self.models_json:
             await _send_json(send, 200, self.models_json())
             return
+        if self.busy is not None and scope.get("method") == "POST":
+            refusal = self.busy(scope.get("path", ""))
+            if refusal is not None:
+                body, retry_after = refusal
+                await _send_json(send, 503, body, [(b"retry-after", str(retry_after).encode())])
+                return
         limit = self.max_body_bytes
         for key, value in scope.get("headers", []):
             if key == b"content-length":
@@ -111,6 +130,8 @@ class GuardMiddleware:
                 if received > limit:
                     exceeded = True
                     raise _TooLarge()
+                if not message.get("more_body", False):
+                    scope[ARRIVAL_KEY] = time.monotonic()  # the whole request is here
             return message
 
         async def guarded_send(message: Message) -> None:

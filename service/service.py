@@ -24,6 +24,11 @@ from a URL):
   (``grid=false``). The seed used is returned in the ``X-Seed`` header; the same seed gives the
   same bytes. Samples of concurrent requests are batched (``/sample_batch``, internal); a request
   with nothing to batch with runs directly.
+* Overload: ``/translate``, ``/upscale`` and ``/sample`` wait for an inference lane (first come,
+  first served) at most ``TRANSFIGURE_MAX_QUEUE_MS`` from their arrival; a request expected to wait
+  longer is refused at once, one whose turn has not come by then is refused instead of run late:
+  503 with ``Retry-After`` (the expected drain time) and ``{"error", "reason", "retry_after_s"}``
+  (``service.admission``). ``TRANSFIGURE_MAX_CONCURRENCY`` stays the outer bound (429).
 * ``/models`` (GET or POST) — the cards, plus models that failed to load and why.
 * BentoML's ``/livez``, ``/readyz`` (200 only once every model is loaded and warmed up),
   ``/metrics`` (Prometheus) and ``/docs.json`` (OpenAPI).
@@ -54,12 +59,12 @@ from bentoml.validators import ContentType
 from pydantic import AfterValidator
 from starlette.responses import JSONResponse, Response
 
-from models.card import CardError
+from models.card import CardError, ModelCard
 from service import bentoml_patches, imaging
-from service.admission import RETRY_AFTER_S, PixelBudget, ServerBusy
+from service.admission import REFUSAL_REASONS, PixelBudget, QueueAdmission, ServerBusy, Ticket
 from service.config import get_settings
 from service.demo import DemoMiddleware
-from service.middleware import GuardMiddleware
+from service.middleware import ARRIVAL_KEY, GuardMiddleware
 from service.providers import plan_from_settings
 from service.zoo import (
     InferenceSlots,
@@ -92,6 +97,8 @@ MAX_NAME_CHARS = 256  # model and label names longer than this are refused witho
 EXCLUSIVE_ABOVE_PIXELS = 512 * 512
 # Set when a full-resolution network ran on a smaller copy (imaging.network_size): "WxH" it ran at.
 PROCESSED_SIZE_HEADER = "X-Transfigure-Processed-Size"
+# The endpoints that wait for an inference lane: admitted by expected queueing time (QueueAdmission).
+QUEUED_PATHS = frozenset({"/translate", "/upscale", "/sample"})
 
 
 def _sample_rows(rows: Any) -> np.ndarray:
@@ -161,13 +168,98 @@ async def _in_thread(func: Callable[..., T], *args: Any) -> T:
         raise _client_error(e) from None
 
 
+def busy_body(e: ServerBusy) -> dict[str, Any]:
+    """The JSON of a 503: the message, why (``REFUSAL_REASONS``) and when to retry."""
+    return {"error": str(e), "reason": e.reason, "retry_after_s": e.retry_after_s}
+
+
 def _busy(e: ServerBusy, ctx: bentoml.Context) -> Response:
     """503 with the reason and Retry-After (BentoML would hide a 5xx exception's message).
 
     BentoML sets the status of an answer from ``ctx`` when the API takes one, so it is set there too.
     """
+    instance = _CURRENT.get("instance")
+    if instance is not None:
+        instance.metrics.refused(e.reason)
     ctx.response.status_code = 503
-    return JSONResponse({"error": str(e)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return JSONResponse(busy_body(e), status_code=503, headers={"Retry-After": str(e.retry_after_s)})
+
+
+def _arrival(ctx: bentoml.Context) -> float:
+    """When the request arrived (its body received, ``time.monotonic()``; GuardMiddleware stamps it)."""
+    try:
+        return float(ctx.request.scope[ARRIVAL_KEY])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return time.monotonic()
+
+
+class _Metrics:
+    """The service's own Prometheus metrics (in /metrics beside BentoML's), made in the worker.
+
+    ``transfigure_queue_seconds{endpoint}``: how long admitted requests waited for an inference lane,
+    from their arrival (their own decoding not counted); ``transfigure_refusals_total{reason}``: 503s
+    by reason (``expected_wait``, ``queue_timeout``, ``pixel_budget``); gauges: the queueing target
+    (``transfigure_queue_target_seconds``), the expected wait of a request arriving now as of the
+    last admission decision (``transfigure_expected_wait_seconds``), admitted requests not yet done
+    (``transfigure_queue_admitted``) and the inference lanes (``transfigure_inference_lanes``).
+    """
+
+    _made: dict[str, Any] = {}  # one set per process: prometheus_client refuses a second registration
+
+    def __init__(self, admission: QueueAdmission) -> None:
+        self.admission = admission
+        if not self._made:
+            import prometheus_client as prom  # here, in the worker: BentoML has set its multiprocess dir
+
+            self._made.update(
+                queue=prom.Histogram(
+                    "transfigure_queue_seconds",
+                    "Time admitted requests waited for an inference lane, from their arrival",
+                    ["endpoint"],
+                    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+                ),
+                refusals=prom.Counter(
+                    "transfigure_refusals", "Requests refused with 503 (server busy), by reason", ["reason"]
+                ),
+                target=prom.Gauge(
+                    "transfigure_queue_target_seconds",
+                    "How long a request may wait for an inference lane (TRANSFIGURE_MAX_QUEUE_MS)",
+                    multiprocess_mode="livemax",
+                ),
+                expected=prom.Gauge(
+                    "transfigure_expected_wait_seconds",
+                    "Expected wait of a request arriving now, as of the last admission decision",
+                    multiprocess_mode="livemax",
+                ),
+                admitted=prom.Gauge(
+                    "transfigure_queue_admitted",
+                    "Admitted requests whose inference has not ended",
+                    multiprocess_mode="livesum",
+                ),
+                lanes=prom.Gauge(
+                    "transfigure_inference_lanes",
+                    "Inferences a worker runs at once",
+                    multiprocess_mode="livesum",
+                ),
+            )
+        m = self._made
+        m["target"].set(admission.target_s)
+        m["lanes"].set(admission.lanes)
+        for reason in REFUSAL_REASONS:
+            m["refusals"].labels(reason)  # every reason listed from the start, at 0
+
+    def refused(self, reason: str) -> None:
+        self._made["refusals"].labels(reason).inc()
+        self.update()
+
+    def queued(self, endpoint: str, ticket: Ticket) -> None:
+        if ticket.queue_s is not None:
+            self._made["queue"].labels(endpoint).observe(ticket.queue_s)
+        self.update()
+
+    def update(self) -> None:
+        self._made["expected"].set(self.admission.expected_wait())
+        self._made["admitted"].set(self.admission.in_flight)
 
 
 @bentoml.service(
@@ -208,6 +300,8 @@ class Transfigure:
         self.zoo.warmup()
         self._infer = InferenceSlots(lanes)
         self._pixels = PixelBudget(CONFIG.max_pixels_in_flight)
+        self._admission = QueueAdmission(CONFIG.max_queue_ms / 1000, lanes)
+        self.metrics = _Metrics(self._admission)
         self._sample_names = self.zoo.names("sample")
         self._latent = max((self.zoo.get(n).card.latent_dim or 0 for n in self._sample_names), default=0)
         self._proxy_auth_done = False
@@ -267,18 +361,39 @@ class Transfigure:
         return out
 
     # -- translate / upscale -------------------------------------------------------------------
+    def _translate_pixels(self, card: ModelCard, size: tuple[int, int], max_side: int | None) -> int:
+        """Pixels the network runs on for an input of ``size`` (after the downscale it asks for)."""
+        run_w, run_h = imaging.network_size(
+            card, imaging.fit_within(size, max_side), self.config.limits.fullres_max_side
+        )
+        return run_w * run_h
+
+    def _admit(
+        self, ctx: bentoml.Context, model: LoadedModel, pixels: int, exclusive: bool = False
+    ) -> Ticket:
+        """Admit a request by its expected wait for an inference lane, or raise ServerBusy."""
+        return self._admission.admit(model.name, pixels, _arrival(ctx), exclusive)
+
     def _translate_sync(
-        self, model: LoadedModel, data: bytes, max_side: int | None, fmt: str
+        self, model: LoadedModel, data: bytes, max_side: int | None, fmt: str, ticket: Ticket | None = None
     ) -> tuple[bytes, str, str, dict[str, str]]:
         timer = _StageTimer()
         limits = self.config.limits
         w, h = imaging.peek_size(data, limits)  # 4xx for a bad or oversized file, before any memory is held
         with self._pixels.hold(w * h):
+            start = time.perf_counter()
             img = imaging.decode_image(data, limits)
             img = imaging.resize_to_max_side(img, max_side)
             timer.lap("decode")
             run_w, run_h = imaging.network_size(model.card, img.size, limits.fullres_max_side)
-            with self._infer.slot(exclusive=run_w * run_h > EXCLUSIVE_ABOVE_PIXELS):
+            with self._admission.run(
+                self._infer,
+                model.name,
+                run_w * run_h,
+                ticket,
+                exclusive=run_w * run_h > EXCLUSIVE_ABOVE_PIXELS,
+                own_work_s=time.perf_counter() - start,
+            ):
                 timer.lap("queue")
                 out = imaging.translate_image(model, img, limits.fullres_max_side)
                 timer.lap("infer")
@@ -290,7 +405,9 @@ class Transfigure:
             extra[PROCESSED_SIZE_HEADER] = "{}x{}".format(*out.processed_size)
         return body, media_type, timer.header(), extra
 
-    def _upscale_sync(self, model: LoadedModel, data: bytes, fmt: str) -> tuple[bytes, str, str]:
+    def _upscale_sync(
+        self, model: LoadedModel, data: bytes, fmt: str, ticket: Ticket | None = None
+    ) -> tuple[bytes, str, str]:
         timer = _StageTimer()
         limits = self.config.limits
         w, h = imaging.peek_size(data, limits)
@@ -301,9 +418,12 @@ class Transfigure:
                 status_code=413,
             )
         with self._pixels.hold(w * h):
+            start = time.perf_counter()
             img = imaging.decode_image(data, limits)
             timer.lap("decode")
-            with self._infer.slot():
+            with self._admission.run(
+                self._infer, model.name, w * h, ticket, own_work_s=time.perf_counter() - start
+            ):
                 timer.lap("queue")
                 out = imaging.upscale_image(model, img, tile=limits.tile, overlap=limits.tile_overlap)
                 timer.lap("infer")
@@ -331,12 +451,22 @@ class Transfigure:
         m = self._model(model, "translate")
         fmt = self._format(format, ctx)
         side = effective_max_side(self.config.limits.max_side, max_side)
+        data = image.read_bytes()
         try:
-            body, media_type, timing, extra = await _in_thread(
-                self._translate_sync, m, image.read_bytes(), side, fmt
-            )
+            pixels = self._translate_pixels(m.card, imaging.peek_size(data, self.config.limits), side)
+        except imaging.ImageError as e:
+            raise _client_error(e) from None
+        try:
+            ticket = self._admit(ctx, m, pixels, exclusive=pixels > EXCLUSIVE_ABOVE_PIXELS)
+            try:
+                body, media_type, timing, extra = await _in_thread(
+                    self._translate_sync, m, data, side, fmt, ticket
+                )
+            finally:
+                self._admission.release(ticket)
         except ServerBusy as e:
             return _busy(e, ctx)  # type: ignore[return-value]
+        self.metrics.queued("translate", ticket)
         headers = {"X-Model": m.name, "Server-Timing": timing, "Vary": "Accept", **extra}
         return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
@@ -350,16 +480,29 @@ class Transfigure:
         """
         m = self._model(model, "upscale")
         fmt = self._format(format, ctx)
+        data = image.read_bytes()
         try:
-            body, media_type, timing = await _in_thread(self._upscale_sync, m, image.read_bytes(), fmt)
+            w, h = imaging.peek_size(data, self.config.limits)
+        except imaging.ImageError as e:
+            raise _client_error(e) from None
+        try:
+            ticket = self._admit(ctx, m, w * h)
+            try:
+                body, media_type, timing = await _in_thread(self._upscale_sync, m, data, fmt, ticket)
+            finally:
+                self._admission.release(ticket)
         except ServerBusy as e:
             return _busy(e, ctx)  # type: ignore[return-value]
+        self.metrics.queued("upscale", ticket)
         headers = {"X-Model": m.name, "Server-Timing": timing, "Vary": "Accept"}
         return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
 
     # -- sample --------------------------------------------------------------------------------
-    def _sample_rows_sync(self, rows: np.ndarray) -> np.ndarray:
-        """Rows ``[model index, label, z...]`` -> uint8 rows of flattened S x S x C images."""
+    def _sample_rows_sync(self, rows: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
+        """Rows ``[model index, label, z...]`` -> uint8 rows of flattened S x S x C images.
+
+        ``ticket``: the admitted /sample request these rows are (run directly, not batched).
+        """
         groups = []
         for idx in np.unique(rows[:, 0]).astype(int):
             model = self.zoo.get(self._sample_names[idx], "sample")
@@ -370,7 +513,8 @@ class Transfigure:
                 "z": np.ascontiguousarray(rows[sel, 2 : 2 + card.latent_dim], dtype=np.float32),
                 "label": rows[sel, 1].astype(np.int64),
             }
-            with self._infer.slot():
+            pixels = len(sel) * (card.output_size or 1) ** 2
+            with self._admission.run(self._infer, model.name, pixels, ticket):
                 images = imaging.samples_to_uint8(model, model.run(feeds))
             groups.append((sel, images.reshape(len(sel), -1)))
         width = max(g[1].shape[1] for g in groups)
@@ -412,17 +556,17 @@ class Transfigure:
                 raise BadInput(f"column 1 must be a class index of model '{name}'")
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in self._sample_rows_sync(rows)]
 
-    async def _run_rows(self, rows: np.ndarray) -> np.ndarray:
+    async def _run_rows(self, rows: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
         client = getattr(self, "to_async", None)
         if getattr(self, "__self_proxy__", None) is None or client is None:
             # outside a server (plain Python use): no batching, run directly
-            return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
+            return await anyio.to_thread.run_sync(self._sample_rows_sync, rows, ticket)
         if self._samples_in_flight == 1 or not self.config.sample_batching:
             # Nothing to batch with: the hop through BentoML's batcher (an HTTP request to ourselves)
             # would only add its cost (~8 ms, i.e. 2x a 16-sample draw). A request that arrives
             # while this one runs sees two in flight and goes to the batcher. With batching off,
             # concurrent requests run side by side in the inference lanes instead.
-            return await anyio.to_thread.run_sync(self._sample_rows_sync, rows)
+            return await anyio.to_thread.run_sync(self._sample_rows_sync, rows, ticket)
         if self.config.api_token and not self._proxy_auth_done:
             # the hop goes back through our own middleware, token check included
             await bentoml_patches.authorize_self_proxy(client, self.config.api_token)
@@ -438,7 +582,13 @@ class Transfigure:
 
     @bentoml.api
     async def sample(
-        self, model: str = "", label: str | int = 0, n: int = 16, seed: int | None = None, grid: bool = True
+        self,
+        ctx: bentoml.Context,
+        model: str = "",
+        label: str | int = 0,
+        n: int = 16,
+        seed: int | None = None,
+        grid: bool = True,
     ) -> Annotated[Path, ContentType("image/png")]:
         """Draw `n` samples of class `label` (name or index); PNG grid, or JSON of base64 PNGs."""
         m = self._model(model, "sample")
@@ -463,11 +613,18 @@ class Transfigure:
         rows[:, 0] = self._sample_names.index(m.name)
         rows[:, 1] = label_idx
         rows[:, 2 : 2 + card.latent_dim] = imaging.sample_latents(card.latent_dim, n, seed)
-        self._samples_in_flight += 1
         try:
-            flat = await self._run_rows(rows)
-        finally:
-            self._samples_in_flight -= 1
+            # a batched request's rows run in /sample_batch: it counts in the expected wait until done
+            ticket = self._admit(ctx, m, n * card.output_size**2)
+            self._samples_in_flight += 1
+            try:
+                flat = await self._run_rows(rows, ticket)
+            finally:
+                self._samples_in_flight -= 1
+                self._admission.release(ticket)
+        except ServerBusy as e:
+            return _busy(e, ctx)  # type: ignore[return-value]
+        self.metrics.queued("sample", ticket)
         s, c = card.output_size, card.output.channels
         images = flat[:, : s * s * c].reshape(n, s, s, c)
         headers = {"X-Seed": str(seed), "X-Model": m.name, "X-Label": card.classes[label_idx]}  # type: ignore[index]
@@ -487,6 +644,19 @@ class Transfigure:
         return self.listing()
 
 
+def _busy_now(path: str) -> tuple[Any, int] | None:
+    """GuardMiddleware's check before a body is read: refuse at once while the expected wait is too long."""
+    instance = _CURRENT.get("instance")
+    if instance is None or path not in QUEUED_PATHS:
+        return None
+    try:
+        instance._admission.check()
+    except ServerBusy as e:
+        instance.metrics.refused(e.reason)
+        return busy_body(e), e.retry_after_s
+    return None
+
+
 def _models_json() -> Any:
     instance = _CURRENT.get("instance")
     return instance.listing() if instance else {"error": "the service is still starting"}
@@ -500,4 +670,5 @@ Transfigure.add_asgi_middleware(
     max_body_bytes=CONFIG.max_body_bytes,
     api_token=CONFIG.api_token,
     models_json=_models_json,
+    busy=_busy_now,
 )

@@ -263,3 +263,55 @@ def test_an_expired_exclusive_waiter_lets_the_ones_behind_it_start() -> None:
     gates["b"].set()
     for t in (*holders.values(), x, n):
         t.join(5)
+
+
+# -- the middleware: refused before the body is read; the arrival is stamped ---------------------
+
+
+def test_the_middleware_refuses_before_reading_the_body_and_stamps_the_arrival() -> None:
+    import asyncio
+
+    import httpx
+
+    from service.middleware import ARRIVAL_KEY, GuardMiddleware
+
+    seen: list[float] = []
+    read: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        read.append(body)
+        seen.append(scope[ARRIVAL_KEY])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    busy_paths: list[str] = []
+
+    def busy(path: str):
+        busy_paths.append(path)
+        return (
+            ({"error": "busy", "reason": "expected_wait", "retry_after_s": 3}, 3)
+            if path == "/translate"
+            else None
+        )
+
+    async def go() -> None:
+        guarded = GuardMiddleware(app, max_body_bytes=1000, busy=busy)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://t") as c:
+            r = await c.post("/translate", content=b"x" * 10)
+            assert r.status_code == 503 and r.headers["retry-after"] == "3"
+            assert r.json()["reason"] == "expected_wait"
+            assert not read  # refused without the app reading the body
+            before = time.monotonic()
+            r = await c.post("/upscale", content=b"y" * 10)
+            assert r.status_code == 200 and read == [b"y" * 10]
+            assert before <= seen[0] <= time.monotonic()
+            assert (await c.get("/translate")).status_code == 200  # only POSTs are checked
+
+    asyncio.run(go())
+    assert busy_paths == ["/translate", "/upscale"]

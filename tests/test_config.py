@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings, SettingsError, get_settings, load_settings, markdown_rows, variable
+from service.config import (
+    DEFAULT_MAX_QUEUE_MS,
+    Settings,
+    SettingsError,
+    get_settings,
+    load_settings,
+    markdown_rows,
+    variable,
+)
 from service.imaging import Limits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,6 +48,7 @@ def test_defaults() -> None:
         10_000,
     )
     assert s.api_token is None and s.shard_count == 1 and s.job_completion_index is None
+    assert s.max_queue_ms == DEFAULT_MAX_QUEUE_MS == 500
 
 
 @pytest.mark.parametrize(

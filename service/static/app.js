@@ -43,8 +43,18 @@
     504: "The server took too long",
   };
 
+  // "busy, retry in N s" from a 429/503's Retry-After (seconds), or null when it has none.
+  function retryText(res) {
+    if (res.status !== 429 && res.status !== 503) return null;
+    const seconds = parseInt(res.headers.get("Retry-After") || "", 10);
+    if (!Number.isFinite(seconds) || seconds < 0) return null;
+    return `The server is busy: retry in ${Math.max(1, seconds)} s (HTTP ${res.status})`;
+  }
+
   // BentoML wraps our errors in a one-element list: [{"error": "..."}]; the middleware does not.
   async function readableError(res) {
+    const retry = retryText(res);
+    if (retry) return retry;
     let detail = "";
     const text = await res.text().catch(() => "");
     try {
