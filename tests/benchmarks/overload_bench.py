@@ -29,8 +29,10 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -44,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.server_utils import free_port, server_env  # noqa: E402
+from tests.server_utils import free_port, server_env, server_timing  # noqa: E402
 
 MODEL = "summer2winter"
 SIDE = 256
@@ -116,6 +118,10 @@ class Phase:
     ready_after_ms: float = 0.0
     rss_before: int = 0
     rss_after: int = 0
+    # where an admitted request's time went, from probes sent beside hey (Server-Timing, ms):
+    # {"total", "queue" (waiting for an inference lane), "outside" (before its handler thread ran:
+    # the event loop and anyio's thread limiter), "work" (decode + infer + encode)} -> medians
+    probe: dict[str, float] = field(default_factory=dict)
 
     @property
     def answered(self) -> int:
@@ -175,9 +181,20 @@ def phase(
     clients: int,
     n: int,
     rate: float | None = None,
+    probe: bool = True,
 ) -> Phase:
     rss_before = server.rss_bytes()
-    rows = hey(url, body, clients, n, rate / clients if rate else None)
+    stop = threading.Event()
+    probes: list[dict[str, float]] = []
+    prober = threading.Thread(target=_probe, args=(url, body, stop, probes), daemon=True)
+    if probe:
+        prober.start()
+    try:
+        rows = hey(url, body, clients, n, rate / clients if rate else None)
+    finally:
+        stop.set()
+        if probe:
+            prober.join(70)
     statuses: Counter[str] = Counter()
     admitted, refused = [], []
     end = 0.0
@@ -189,6 +206,8 @@ def phase(
     t0 = time.perf_counter()
     server.wait_ready(30)
     ready_ms = (time.perf_counter() - t0) * 1000
+    probe = {k: statistics.median(p[k] for p in probes) for k in probes[0]} if probes else {}
+    probe["n"] = len(probes)
     return Phase(
         name,
         clients,
@@ -201,7 +220,29 @@ def phase(
         ready_ms,
         rss_before,
         server.rss_bytes(),
+        probe,
     )
+
+
+def _probe(url: str, body: tuple[Path, str], stop: threading.Event, out: list[dict[str, float]]) -> None:
+    """Every 0.5 s one request beside the load; its Server-Timing splits an admitted request's time."""
+    data = body[0].read_bytes()
+    with httpx.Client(timeout=HEY_TIMEOUT_S) as client:
+        while not stop.wait(0.5):
+            t0 = time.perf_counter()
+            try:
+                r = client.post(url, content=data, headers={"content-type": body[1]})
+            except httpx.HTTPError:
+                continue
+            total = (time.perf_counter() - t0) * 1000
+            if r.status_code != 200:
+                continue
+            stages = server_timing(r.headers.get("server-timing"))
+            work = sum(stages.get(k, 0.0) for k in ("decode", "infer", "encode"))
+            queue = stages.get("queue", 0.0)
+            out.append(
+                {"total": total, "queue": queue, "work": work, "outside": max(0.0, total - work - queue)}
+            )
 
 
 @contextlib.contextmanager
@@ -249,21 +290,34 @@ def run(repo: Path, workdir: Path, duration_s: float = 15.0, **env: str) -> dict
     """Every phase against a fresh pinned server of ``repo``; returns {"phases": [...], ...}."""
     workdir.mkdir(parents=True, exist_ok=True)
     body = request_body(workdir)
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {CLIENT_CORE})  # this process (the probes) too: core 0 is the server's
+    try:
+        return _run(repo, workdir, body, duration_s, **env)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def _run(repo: Path, workdir: Path, body: tuple[Path, str], duration_s: float, **env: str) -> dict[str, Any]:
     with pinned_server(Path(repo), workdir / "server", **env) as server:
         url = f"{server.url}/translate"
         for _ in range(20):  # warm-up
             with open(body[0], "rb") as f:
                 httpx.post(url, content=f.read(), headers={"content-type": body[1]}, timeout=60)
-        one = phase("unloaded (1 client)", server, url, body, 1, 100)
+        one = phase("unloaded (1 client)", server, url, body, 1, 150, probe=False)
         cap_n = max(
             50, int(duration_s * 1.2 / max(pct(one.admitted_ms, 50) / 1000, 1e-3) * CAPACITY_CLIENTS / 2)
         )
-        cap = phase(f"capacity ({CAPACITY_CLIENTS} clients)", server, url, body, CAPACITY_CLIENTS, cap_n)
+        cap = phase(
+            f"capacity ({CAPACITY_CLIENTS} clients)", server, url, body, CAPACITY_CLIENTS, cap_n, probe=False
+        )
         capacity = cap.goodput
         phases = [one, cap]
         for k in CLOSED_LOOP:
             clients = k * CAPACITY_CLIENTS
-            pilot = phase("pilot", server, url, body, clients, max(clients * 3, int(capacity * 2)))
+            pilot = phase(
+                "pilot", server, url, body, clients, max(clients * 3, int(capacity * 2)), probe=False
+            )
             rate = pilot.answered / max(pilot.elapsed_s, 1e-9)  # answers/s, refusals included
             phases.append(
                 phase(
@@ -299,11 +353,19 @@ def run(repo: Path, workdir: Path, duration_s: float = 15.0, **env: str) -> dict
     }
 
 
+def _probe_text(probe: dict[str, float]) -> str:
+    if not probe.get("n"):
+        return "–"
+    return (
+        " / ".join(f"{probe[k]:,.0f}" for k in ("total", "queue", "outside", "work")) + f" ({probe['n']:.0f})"
+    )
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         f"capacity {result['capacity']:.1f} req/s; unloaded p99 {result['unloaded_p99_ms']:.0f} ms",
-        "| phase | goodput req/s | % of capacity | admitted p99 / max ms | refusal p99 ms | statuses | other 5xx, errors | ready after ms | RSS before → after MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| phase | goodput req/s | % of capacity | admitted p99 / max ms | refusal p99 ms | statuses | other 5xx, errors | ready after ms | RSS before → after MiB | probe: total / lane queue / outside / work ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in result["phases"]:
         statuses = ", ".join(f"{n} × {s}" for s, n in sorted(p["statuses"].items()))
@@ -311,7 +373,7 @@ def table(result: dict[str, Any]) -> str:
             f"| {p['name']} | {p['goodput']:.1f} | {100 * p['goodput'] / result['capacity']:.0f} % | "
             f"{p['admitted_p99_ms']:,.0f} / {p['admitted_max_ms']:,.0f} | {p['refused_p99_ms']:,.0f} | {statuses} | "
             f"{p['other_5xx']}, {p['errors']} | {p['ready_after_ms']:.0f} | "
-            f"{p['rss_before'] / 2**20:.0f} → {p['rss_after'] / 2**20:.0f} |"
+            f"{p['rss_before'] / 2**20:.0f} → {p['rss_after'] / 2**20:.0f} | {_probe_text(p.get('probe') or {})} |"
         )
     return "\n".join(lines)
 
