@@ -387,7 +387,7 @@ def done_when(result: dict[str, Any], target_ms: float | None = None) -> list[st
         target_ms = DEFAULT_MAX_QUEUE_MS
     p99_bound = max(1000.0, 5 * unloaded_p99)
     problems = []
-    overload = [p for p in result["phases"] if "x" in p["name"].split()[0]]
+    overload = [p for p in result["phases"] if p["clients"] > CAPACITY_CLIENTS]
     for p in result["phases"]:
         if p["other_5xx"] or p["errors"]:
             problems.append(
