@@ -168,9 +168,10 @@ def test_bounded_slopes_never_invert_a_photos_contrast() -> None:
     # through a translator: every channel's gain stays positive, so bright stays brighter than dark
     net = _trained_like(std=2.0, max_slope=0.75)
     with torch.no_grad():
-        lo = net.low(photo)
-        a, _ = guided_filter_coefficients(lo, net.change(lo), net.radius, net.eps, net.max_slope)
+        _, a, _ = net.coefficients(net.low(photo))
         assert float((1 + a).min()) > 0.0
+        _, a_free, _ = _trained_like(std=2.0).coefficients(net.low(photo))
+        assert float((1 + a_free).min()) < 0.0  # the same weights, unbounded, invert somewhere
     assert "slope <= 0.75" in net.architecture
     with pytest.raises(ValueError, match="max_slope"):
         GuidedTranslator(max_slope=-1.0)

@@ -125,13 +125,19 @@ class GuidedTranslator(nn.Module):
         """The network's predicted change at low resolution (zero for an untrained translator)."""
         return self.net(lo)
 
+    def coefficients(self, lo: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The change at low resolution and its local linear model: ``delta``, ``a``, ``b`` with
+        ``delta ~ a * lo + b``; ``1 + a`` is each channel's local gain in the output."""
+        delta = self.change(lo)
+        a, b = guided_filter_coefficients(lo, delta, self.radius, self.eps, self.max_slope)
+        return delta, a, b
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
         size = x.shape[-2:]
         lo = self.low(x)
-        delta = self.change(lo)
-        a, b = guided_filter_coefficients(lo, delta, self.radius, self.eps, self.max_slope)
+        delta, a, b = self.coefficients(lo)
         up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
         out = x + up(a) * x + up(b)
         if self.detail:
