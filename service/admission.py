@@ -110,12 +110,16 @@ class ServiceTimes:
         self._lock = threading.Lock()
         # model -> size class -> [seconds, pixels] (both averaged)
         self._by_model: dict[str, dict[int, list[float]]] = {}
+        self._typical = 0.0  # every inference, any model and size: for a request not yet parsed
 
     def observe(self, model: str, pixels: int, seconds: float) -> None:
         pixels, seconds = max(1, int(pixels)), max(0.0, float(seconds))
         with self._lock:
             classes = self._by_model.setdefault(model, {})
             entry = classes.get(size_class(pixels))
+            self._typical = (
+                seconds if not self._typical else self._typical + self.alpha * (seconds - self._typical)
+            )
             if entry is None:
                 classes[size_class(pixels)] = [seconds, float(pixels)]
             else:
@@ -134,6 +138,10 @@ class ServiceTimes:
             nearest = min(classes, key=lambda c: (abs(c - wanted), c))
             seconds, seen_pixels = classes[nearest]
             return seconds * pixels / max(seen_pixels, 1.0)
+
+    def typical(self) -> float:
+        """The average of every inference (any model, any size); 0 before the first."""
+        return self._typical
 
     def snapshot(self) -> dict[str, dict[int, float]]:
         """{model: {size class: seconds}} (for /metrics and tests)."""
@@ -186,6 +194,8 @@ class QueueAdmission:
         self.refused = dict.fromkeys(REFUSAL_REASONS, 0)
 
     def _lane_seconds(self, ticket: Ticket, now: float) -> float:
+        if not ticket.model:  # admitted at the door, not parsed yet: not waiting for a lane yet
+            return 0.0
         left = ticket.cost_s if ticket.started is None else max(0.0, ticket.cost_s - (now - ticket.started))
         return left * (self.lanes if ticket.exclusive else 1)
 
@@ -228,6 +238,26 @@ class QueueAdmission:
         ticket = Ticket(model, int(pixels), self.times.estimate(model, pixels), arrival, exclusive)
         with self._lock:
             self._admitted.add(ticket)
+        return ticket
+
+    def admit_at_door(self) -> Ticket:
+        """Admit a request before its body is read, or raise ``ServerBusy`` (so a refusal costs no
+        parsing); ``assign()`` says what it is once parsed, and from then on it counts in the wait."""
+        self.check()
+        ticket = Ticket("", 0, self.times.typical(), self.clock())
+        with self._lock:
+            self._admitted.add(ticket)
+        return ticket
+
+    def assign(
+        self, ticket: Ticket, model: str, pixels: int, arrival: float | None = None, exclusive: bool = False
+    ) -> Ticket:
+        """A door-admitted request's model and size (its estimate follows), and its arrival."""
+        cost = self.times.estimate(model, pixels)
+        with self._lock:
+            ticket.model, ticket.pixels, ticket.cost_s, ticket.exclusive = model, int(pixels), cost, exclusive
+            if arrival is not None:
+                ticket.arrival = arrival
         return ticket
 
     def release(self, ticket: Ticket) -> None:

@@ -36,8 +36,9 @@ PROVIDER_WORDS = (
 )  # TRANSFIGURE_PROVIDERS' words (service.providers maps them to onnxruntime's)
 _VERBATIM = {"api_token", "models_dir"}  # taken as written: not stripped of spaces
 _DEFAULTS = Limits()
-# 5x the unloaded p99 of the cheapest shipped translator (a 256-px /translate on one core:
-# docs/RELIABILITY.md, "Overload"), so that an admitted request answers within about a second.
+# ~5x the unloaded p99 of the cheapest shipped translator (a 256-px /translate on one core, one
+# thread: 88-99 ms; docs/RELIABILITY.md, "Overload"), so that an admitted request answers well
+# within a second.
 DEFAULT_MAX_QUEUE_MS = 500
 
 

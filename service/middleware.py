@@ -26,8 +26,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # Probes and scrapers must work without the token (Kubernetes and Prometheus do not send one).
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 ARRIVAL_KEY = "transfigure.arrival"
-# busy(path) -> None to go on, or (JSON body, Retry-After seconds) for a 503 answered at once
-BusyCheck = Callable[[str], "tuple[Any, int] | None"]
+# busy(path, scope) -> None to go on (it may note its admission in the scope), or (JSON body,
+# Retry-After seconds) for a 503 answered at once; done(scope) when the request has been answered
+BusyCheck = Callable[[str, "Scope"], "tuple[Any, int] | None"]
 
 
 async def _send_json(
@@ -64,9 +65,11 @@ class GuardMiddleware:
         api_token: str | None = None,
         models_json: Callable[[], Any] | None = None,
         busy: BusyCheck | None = None,
+        done: Callable[[Scope], None] | None = None,
     ) -> None:
         self.app = app
         self.busy = busy
+        self.done = done
         self.max_body_bytes = max_body_bytes
         self.api_token = api_token
         self.models_json = models_json
@@ -99,11 +102,18 @@ class GuardMiddleware:
             await _send_json(send, 200, self.models_json())
             return
         if self.busy is not None and scope.get("method") == "POST":
-            refusal = self.busy(scope.get("path", ""))
+            refusal = self.busy(scope.get("path", ""), scope)
             if refusal is not None:
                 body, retry_after = refusal
                 await _send_json(send, 503, body, [(b"retry-after", str(retry_after).encode())])
                 return
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            if self.done is not None:
+                self.done(scope)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.max_body_bytes
         for key, value in scope.get("headers", []):
             if key == b"content-length":

@@ -99,6 +99,7 @@ EXCLUSIVE_ABOVE_PIXELS = 512 * 512
 PROCESSED_SIZE_HEADER = "X-Transfigure-Processed-Size"
 # The endpoints that wait for an inference lane: admitted by expected queueing time (QueueAdmission).
 QUEUED_PATHS = frozenset({"/translate", "/upscale", "/sample"})
+TICKET_KEY = "transfigure.ticket"  # the scope key of a request's admission (GuardMiddleware)
 
 
 def _sample_rows(rows: Any) -> np.ndarray:
@@ -371,7 +372,11 @@ class Transfigure:
     def _admit(
         self, ctx: bentoml.Context, model: LoadedModel, pixels: int, exclusive: bool = False
     ) -> Ticket:
-        """Admit a request by its expected wait for an inference lane, or raise ServerBusy."""
+        """The request's admission: made at the door (GuardMiddleware, before the body was read),
+        now told the model and size; else admitted here by its expected wait, or ServerBusy."""
+        ticket = getattr(ctx.request, "scope", {}).get(TICKET_KEY)
+        if isinstance(ticket, Ticket):
+            return self._admission.assign(ticket, model.name, pixels, _arrival(ctx), exclusive)
         return self._admission.admit(model.name, pixels, _arrival(ctx), exclusive)
 
     def _translate_sync(
@@ -644,17 +649,26 @@ class Transfigure:
         return self.listing()
 
 
-def _busy_now(path: str) -> tuple[Any, int] | None:
-    """GuardMiddleware's check before a body is read: refuse at once while the expected wait is too long."""
+def _busy_now(path: str, scope: dict[str, Any]) -> tuple[Any, int] | None:
+    """GuardMiddleware's admission before a body is read: refused at once while the expected wait is
+    too long, else admitted (the ticket goes in the scope, and counts in the wait of later requests
+    while this one is received and parsed)."""
     instance = _CURRENT.get("instance")
     if instance is None or path not in QUEUED_PATHS:
         return None
     try:
-        instance._admission.check()
+        scope[TICKET_KEY] = instance._admission.admit_at_door()
     except ServerBusy as e:
         instance.metrics.refused(e.reason)
         return busy_body(e), e.retry_after_s
     return None
+
+
+def _door_done(scope: dict[str, Any]) -> None:
+    """The request has been answered: its admission no longer counts (whatever answered it)."""
+    ticket, instance = scope.pop(TICKET_KEY, None), _CURRENT.get("instance")
+    if isinstance(ticket, Ticket) and instance is not None:
+        instance._admission.release(ticket)
 
 
 def _models_json() -> Any:
@@ -671,4 +685,5 @@ Transfigure.add_asgi_middleware(
     api_token=CONFIG.api_token,
     models_json=_models_json,
     busy=_busy_now,
+    done=_door_done,
 )

@@ -292,7 +292,7 @@ def test_the_middleware_refuses_before_reading_the_body_and_stamps_the_arrival()
 
     busy_paths: list[str] = []
 
-    def busy(path: str):
+    def busy(path: str, scope):
         busy_paths.append(path)
         return (
             ({"error": "busy", "reason": "expected_wait", "retry_after_s": 3}, 3)
@@ -315,3 +315,19 @@ def test_the_middleware_refuses_before_reading_the_body_and_stamps_the_arrival()
 
     asyncio.run(go())
     assert busy_paths == ["/translate", "/upscale"]
+
+
+def test_a_request_admitted_at_the_door_counts_once_its_model_and_size_are_known() -> None:
+    adm, clock = _admission(target_s=0.5, cost_s=0.3)
+    first = adm.admit_at_door()  # nothing ahead: admitted; not parsed yet, so nobody waits for it
+    assert adm.expected_wait() == 0.0 and adm.in_flight == 1
+    adm.assign(first, "m", 100, arrival=clock.now)
+    assert adm.expected_wait() == pytest.approx(0.3)
+    second = adm.admit_at_door()
+    adm.assign(second, "m", 100)
+    with pytest.raises(ServerBusy) as e:  # 0.6 s ahead
+        adm.admit_at_door()
+    assert e.value.reason == "expected_wait"
+    adm.release(first)
+    adm.release(second)
+    assert adm.in_flight == 0
