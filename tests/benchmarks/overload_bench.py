@@ -183,6 +183,7 @@ def phase(
     rate: float | None = None,
     probe: bool = True,
 ) -> Phase:
+    n = math.ceil(n / clients) * clients  # hey sends n // clients per client
     rss_before = server.rss_bytes()
     stop = threading.Event()
     probes: list[dict[str, float]] = []
