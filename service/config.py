@@ -1,9 +1,9 @@
 """The environment the service and ``transfigure batch`` read, as one typed settings object.
 
 Every ``TRANSFIGURE_*`` variable (and Kubernetes' ``JOB_COMPLETION_INDEX``) is a field of
-:class:`Settings`, with its default and its meaning as the field's description; the README's
-"Configuration" table is that list (``python -m service.config`` prints it; tests/test_config.py
-checks that the README matches). A Kubernetes ConfigMap sets most of them.
+:class:`Settings`, with its default and its meaning as the field's description; the
+configuration page of the docs (``docs/reference/configuration.md``) is that list
+(``python -m service.config`` prints it; ``make docs-gen`` writes it, tests/test_config.py checks it). A Kubernetes ConfigMap sets most of them.
 
 * :func:`get_settings` reads the environment once and keeps the result (the service reads it at
   import); ``get_settings.cache_clear()`` makes the next call read it again.
@@ -87,7 +87,7 @@ Side = Annotated[int | None, BeforeValidator(_side)]
 class Settings(BaseSettings):
     """Every setting, named after its variable: field ``max_bytes`` is ``TRANSFIGURE_MAX_BYTES``.
 
-    ``doc_default`` (in a field's extra) is how the README states a default that is not a plain
+    ``doc_default`` (in a field's extra) is how the configuration page states a default that is not a plain
     number: where it depends on other settings or on the machine. Values are normalised as read
     (e.g. ``TRANSFIGURE_THREADS=0`` is ``None``, the automatic choice); :attr:`limits` gathers
     the image limits for ``service.imaging``.
@@ -364,7 +364,7 @@ def _default_text(field: str) -> str:
 
 
 def markdown_rows() -> list[str]:
-    """The README's configuration table, one ``| variable | default | meaning |`` row per setting."""
+    """The configuration page's table, one ``| variable | default | meaning |`` row per setting."""
     return [
         f"| `{variable(f)}` | {_default_text(f)} | {info.description} |"
         for f, info in Settings.model_fields.items()

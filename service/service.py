@@ -293,7 +293,7 @@ class Transfigure:
         if len(self.zoo) == 0:
             log.warning(
                 "no models found in %s: every model endpoint will answer 400 until one is exported there "
-                "(see README, 'Training on your own data')",
+                "(see docs/training.md)",
                 CONFIG.models_dir,
             )
         for name, why in self.zoo.unavailable.items():

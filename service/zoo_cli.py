@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             for r in [header, *rows]:
                 print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         else:
-            print("no models found (train and export one: see README, 'Training on your own data')")
+            print("no models found (train and export one: see docs/training.md)")
     for msg in problems:
         print(f"unusable card: {msg}")
     return 1 if problems else 0

@@ -114,7 +114,11 @@ def test_the_readme_facts_about_the_make_targets_and_python() -> None:
 
     def dry_run(*args: str) -> str:
         return subprocess.run(
-            ["make", "-n", *args], cwd=REPO, capture_output=True, text=True, check=True
+            ["make", "--no-print-directory", "-n", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
 
     assert "make serve HOST=0.0.0.0 PORT=8080" in text

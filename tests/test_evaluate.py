@@ -383,7 +383,10 @@ def test_identity_model_scores_its_baseline_and_real_features_are_computed_once(
     counted = _count_inception_images(monkeypatch)
     ev.clear_caches()
     out = tmp_path / "reports"
-    assert main(["evaluate", str(ab), str(ba), "--judge-limit", "2", "--out", str(out)]) == 0
+    assert (
+        main(["evaluate", str(ab), str(ba), "--data", str(mixed), "--judge-limit", "2", "--out", str(out)])
+        == 0
+    )
     # both directions in one process: each real image once (2 + 2 for the judge, 3 + 3 test images),
     # then the 3 + 3 translations
     assert sum(counted) == (2 + 2) + (3 + 3) + (3 + 3)
@@ -411,7 +414,8 @@ def test_feature_cache_on_disk_spares_real_images_in_a_later_run(mixed, tmp_path
     for out in reports:
         ev.clear_caches()  # a new process
         counted.clear()
-        args = ["evaluate", str(ab), "--judge-limit", "2", "--out", str(out), "--feature-cache", str(cache)]
+        args = ["evaluate", str(ab), "--data", str(mixed), "--judge-limit", "2", "--out", str(out)]
+        args += ["--feature-cache", str(cache)]
         assert main(args) == 0
     # the second run reads every real image from the cache and computes only the 3 translations
     assert sum(counted) == 3

@@ -67,7 +67,9 @@ def folder(tmp_path: Path) -> Path:
 def test_make_serve_runs_the_command_the_server_here_runs() -> None:
     """`make serve` is `transfigure serve --host 127.0.0.1 --port 3000` once .venv is there."""
     assert any("make serve" in b for b in _blocks(PAGES["getting-started"], "bash"))
-    out = subprocess.run(["make", "-n", "serve"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "serve"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().splitlines()[-1].endswith("/transfigure serve --host 127.0.0.1 --port 3000")
 
 

@@ -106,7 +106,7 @@ def test_the_table_reports_failures_and_measurements() -> None:
 
 def test_make_gpu_check_runs_the_script() -> None:
     out = subprocess.run(
-        ["make", "-n", "gpu-check", "GPU_CHECK_ARGS=--dry-run"],
+        ["make", "--no-print-directory", "-n", "gpu-check", "GPU_CHECK_ARGS=--dry-run"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -33,6 +33,9 @@ LAZY_IN_MODULE = {
         "bentoml": "imported after the version check: another BentoML gets the pin's message, not an ImportError",
         "_bentoml_impl": "BentoML's private modules, likewise after the version check",
     },
+    "service.service": {
+        "prometheus_client": "imported in the worker, once BentoML has set its multiprocess metrics directory",
+    },
 }
 
 # what `transfigure` imports on every command; the commands themselves are imported lazily (importlib)
