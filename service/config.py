@@ -36,10 +36,12 @@ PROVIDER_WORDS = (
 )  # TRANSFIGURE_PROVIDERS' words (service.providers maps them to onnxruntime's)
 _VERBATIM = {"api_token", "models_dir"}  # taken as written: not stripped of spaces
 _DEFAULTS = Limits()
-# ~5x the unloaded p99 of the cheapest shipped translator (a 256-px /translate on one core, one
-# thread: 88-99 ms; docs/RELIABILITY.md, "Overload"), so that an admitted request answers well
-# within a second.
-DEFAULT_MAX_QUEUE_MS = 500
+# Measured on one worker on one core (docs/RELIABILITY.md, "Overload"): at 500 ms (~5x the unloaded
+# p99 of a 256-px /translate) the worker refused requests while its lane stood idle, since under
+# overload the time before admission (the event loop parsing ~100 requests a second) alone reaches
+# 500 ms, and goodput fell to 27-76 % of capacity; at 2,000 ms it keeps 74-95 % with the slowest
+# admitted request at 2.4 s (without the bound: 6.8 s in the same 8 s phases, 16 s in 10 s ones).
+DEFAULT_MAX_QUEUE_MS = 2000
 
 
 class SettingsError(ValueError):

@@ -48,7 +48,7 @@ def test_defaults() -> None:
         10_000,
     )
     assert s.api_token is None and s.shard_count == 1 and s.job_completion_index is None
-    assert s.max_queue_ms == DEFAULT_MAX_QUEUE_MS == 500
+    assert s.max_queue_ms == DEFAULT_MAX_QUEUE_MS == 2000
 
 
 @pytest.mark.parametrize(
