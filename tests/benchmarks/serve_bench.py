@@ -189,6 +189,9 @@ def main() -> int:
     port = _free_port()
     env = {**os.environ, "TRANSFIGURE_MODELS_DIR": str(root), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("TRANSFIGURE_API_TOKEN", None)
+    # throughput at 16 concurrent requests measures capacity, not admission: a slow model's queue
+    # would pass the default queueing target and be refused (503); overload_bench measures that
+    env.setdefault("TRANSFIGURE_MAX_QUEUE_MS", "600000")
     for var, value in (
         ("TRANSFIGURE_WORKERS", args.workers),
         ("TRANSFIGURE_THREADS", args.threads),
