@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,12 +152,19 @@ class Server:
 
 
 def start_server(
-    zoo: Path, workdir: Path, ready_timeout: float = 90.0, wait: bool = True, **env: str
+    zoo: Path,
+    workdir: Path,
+    ready_timeout: float = 90.0,
+    wait: bool = True,
+    repo: Path = REPO,
+    prefix: Sequence[str] = (),
+    **env: str,
 ) -> Server:
     """Start ``bentoml serve`` on a free loopback port with ``zoo``; ``env`` adds TRANSFIGURE_* settings.
 
-    ``workdir`` holds the server's log and BENTOML_HOME. Raises RuntimeError (with the log's tail)
-    if the server exits or is not ready within ``ready_timeout`` seconds.
+    ``workdir`` holds the server's log and BENTOML_HOME; ``repo`` is the checkout served, ``prefix``
+    a command the server runs under (e.g. ``taskset -c 0``). Raises RuntimeError (with the log's
+    tail) if the server exits or is not ready within ``ready_timeout`` seconds.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -164,8 +172,19 @@ def start_server(
     log_path = workdir / "server.log"
     log = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            SERVICE,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=repo,
         env=server_env(zoo, workdir / "bentoml_home", **env),
         stdout=log,
         stderr=subprocess.STDOUT,

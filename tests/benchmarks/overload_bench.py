@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.server_utils import free_port, server_env, server_timing  # noqa: E402
+from tests.server_utils import server_timing, start_server  # noqa: E402
 
 MODEL = "summer2winter"
 SIDE = 256
@@ -249,39 +249,13 @@ def _probe(url: str, body: tuple[Path, str], stop: threading.Event, out: list[di
 @contextlib.contextmanager
 def pinned_server(repo: Path, workdir: Path, **env: str):
     """``bentoml serve`` of ``repo`` on core 0, one worker, one thread, one model."""
-    from tests.server_utils import Server
-
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / "server.log"
-    log = log_path.open("w")
-    environment = server_env(repo / "models", workdir / "bentoml_home", **env)
-    environment.update(
-        TRANSFIGURE_THREADS="1", TRANSFIGURE_MODELS=MODEL, TRANSFIGURE_WORKERS="1", OMP_NUM_THREADS="1"
-    )
-    proc = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            str(SERVER_CORE),
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "service.service:Transfigure",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=repo,
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    server = Server(url=f"http://127.0.0.1:{port}", proc=proc, log_path=log_path, _log=log)
+    pinned = {"TRANSFIGURE_THREADS": "1", "TRANSFIGURE_MODELS": MODEL, "TRANSFIGURE_WORKERS": "1",
+              "OMP_NUM_THREADS": "1"}  # fmt: skip
+    server = start_server(
+        repo / "models", workdir, ready_timeout=180, repo=repo, prefix=["taskset", "-c", str(SERVER_CORE)],
+        **{**env, **pinned},
+    )  # fmt: skip
     try:
-        server.wait_ready(180)
         yield server
     finally:
         server.stop()
