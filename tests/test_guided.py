@@ -29,15 +29,17 @@ def _trained_like(seed: int = 0, std: float = 0.05, **kwargs) -> GuidedTranslato
     torch.manual_seed(seed)
     net = GuidedTranslator(low_size=kwargs.pop("low_size", 32), ngf=8, n_blocks=2, **kwargs).eval()
     with torch.no_grad():
-        head = net.net.model[-2]
-        head.weight.normal_(0.0, std)
-        head.bias.normal_(0.0, std)
+        heads = [net.net.model[-2]] + ([net.texture.out] if net.texture is not None else [])
+        for head in heads:
+            head.weight.normal_(0.0, std)
+            head.bias.normal_(0.0, std)
     return net
 
 
+@pytest.mark.parametrize("texture", [0, 4], ids=["colour", "texture"])
 @pytest.mark.parametrize("hw", [(1, 1), (37, 53), (256, 256), (300, 200)])
-def test_an_untrained_translator_returns_its_input(hw: tuple[int, int]) -> None:
-    net = GuidedTranslator(low_size=32, ngf=8, n_blocks=2).eval()
+def test_an_untrained_translator_returns_its_input(hw: tuple[int, int], texture: int) -> None:
+    net = GuidedTranslator(low_size=32, ngf=8, n_blocks=2, texture=texture, texture_size=48).eval()
     x = torch.rand(2, 3, *hw) * 2 - 1
     with torch.no_grad():
         y = net(x)
@@ -107,15 +109,74 @@ def test_bad_settings_and_inputs_are_refused() -> None:
         GuidedTranslator(low_size=16, ngf=4, n_blocks=1)(torch.rand(1, 1, 16, 16))
 
 
-@pytest.mark.parametrize("detail", [False, True], ids=["plain", "detail"])
-def test_onnx_graph_matches_torch_at_several_sizes(tmp_path: Path, detail: bool) -> None:
+def test_the_texture_head_paints_what_a_colour_change_cannot() -> None:
+    """Fit a photo with fine stripes (period 4 px) painted on it: the colour path and its 2x
+    coarser detail residual cannot express them and stay at the untranslated error; the texture
+    head, working at the photo's own size, learns them."""
+    x = _photo(48, 48)
+    stripes = 0.3 * torch.sin(torch.arange(48) * torch.pi / 2).view(1, 1, 1, 48)
+    target = (x + stripes).clamp(-1, 1)
+    untranslated = (x - target).pow(2).mean().item()
+    errors = {}
+    for texture in (0, 8):
+        torch.manual_seed(0)
+        net = GuidedTranslator(low_size=24, ngf=8, n_blocks=2, norm="none", detail=True, texture=texture,
+                               texture_size=48)  # fmt: skip
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        for _ in range(100):
+            loss = (net(x) - target).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        errors[texture] = loss.item()
+    assert errors[0] > 0.9 * untranslated
+    assert errors[8] < 0.25 * untranslated
+
+
+def test_reflect_padding_gives_no_position_signal_at_the_borders() -> None:
+    """A translator with random weights everywhere, on an image of one colour: with reflection
+    padding the change is the same at every pixel (nothing tells the network where the top edge
+    is); with the downsampling convs zero padded, the border pixels change differently."""
+
+    def spread(padding: str) -> float:
+        torch.manual_seed(0)
+        net = GuidedTranslator(low_size=32, ngf=8, n_blocks=2, norm="none", detail=True, padding=padding,
+                               texture=4, texture_size=40).eval()  # fmt: skip
+        with torch.no_grad():
+            for p in net.parameters():
+                p.normal_(0.0, 0.1)
+            y = net(torch.full((1, 3, 60, 80), 0.2))
+        return (y.amax(dim=(2, 3)) - y.amin(dim=(2, 3))).max().item()
+
+    assert spread("reflect") < 1e-5
+    assert spread("zeros") > 1e-2
+    assert (
+        "reflect padding" in GuidedTranslator(low_size=16, ngf=4, n_blocks=1, padding="reflect").architecture
+    )
+
+
+def test_texture_settings_are_checked_and_named_in_the_architecture() -> None:
+    with pytest.raises(ValueError, match="texture"):
+        GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=-1)
+    with pytest.raises(ValueError, match="texture"):
+        GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=4)
+    net = GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=96)
+    assert "texture head 4 ch at 96 px" in net.architecture
+    assert "texture" not in GuidedTranslator(low_size=16, ngf=4, n_blocks=1).architecture
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"detail": True}, {"detail": True, "texture": 4, "texture_size": 48}],
+    ids=["plain", "detail", "texture"],
+)  # fmt: skip
+def test_onnx_graph_matches_torch_at_several_sizes(tmp_path: Path, options: dict) -> None:
     """The whole graph, low-resolution copy and full-resolution step included, in onnxruntime:
     square, non-square and larger-than-traced sizes, and batch 2."""
     ort = pytest.importorskip("onnxruntime")
     from training.onnx_export import export_onnx
     from training.recipes import ExportSpec
 
-    net = _trained_like(low_size=32, detail=detail)
+    net = _trained_like(low_size=32, **options)
     spec = ExportSpec(task="translate", method="cyclegan", description="t", output_channels=3,
                       input_channels=3, input_range=(-1.0, 1.0), multiple_of=1, native_size=32)  # fmt: skip
     path = tmp_path / "g.onnx"

@@ -76,6 +76,41 @@ def _variance_preserving_init(net: ResnetGenerator, n_blocks: int) -> None:
             last.weight.data.mul_(n_blocks**-0.5)
 
 
+class TextureHead(nn.Module):
+    """A light convolutional branch at ``size`` x ``size`` that paints what a colour change cannot:
+    snow grain, brush strokes. It sees the photo and the colour path's output (6 channels) and
+    returns a residual image; its last conv starts at zero, so it adds nothing until trained.
+
+    Dilated residual blocks (dilation 1, 2, 4, ...) give a receptive field of about 30 px at
+    three blocks without downsampling, so texture is painted at the working resolution's own
+    pixel scale; reflection padding keeps the borders free of a position signal."""
+
+    def __init__(self, channels: int = 16, n_blocks: int = 3) -> None:
+        super().__init__()
+        if channels < 1 or n_blocks < 0:
+            raise ValueError(f"need channels >= 1 and n_blocks >= 0, got {channels}, {n_blocks}")
+        conv = lambda i, o, d=1: nn.Conv2d(i, o, 3, padding=d, dilation=d, padding_mode="reflect")  # noqa: E731
+        self.stem = nn.Sequential(conv(6, channels), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(conv(channels, channels, 2**i), nn.ReLU(), conv(channels, channels, 2**i))
+            for i in range(n_blocks)
+        )
+        self.out = conv(channels, 3)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            block[-1].weight.data.mul_(max(n_blocks, 1) ** -0.5)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, image: Tensor, colour: Tensor) -> Tensor:
+        h = self.stem(torch.cat([image, colour], dim=1))
+        for block in self.blocks:
+            h = F.relu(h + block(h))
+        return self.out(h)
+
+
 class GuidedTranslator(nn.Module):
     """Translate an image of any size: ResNet change at ``low_size``, guided filter to full size.
 
@@ -94,6 +129,9 @@ class GuidedTranslator(nn.Module):
         detail: bool = False,
         upsample: str = "resize",
         max_slope: float = 0.0,
+        texture: int = 0,
+        texture_size: int = 256,
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
         if low_size % 4 or low_size < 8:
@@ -104,11 +142,20 @@ class GuidedTranslator(nn.Module):
                 f"max_slope={max_slope}"
             )
         self.low_size, self.radius, self.eps, self.detail = low_size, radius, float(eps), detail
-        self.max_slope = float(max_slope)
+        if texture < 0 or texture_size < 8:
+            raise ValueError(f"need texture >= 0 and texture_size >= 8, got {texture}, {texture_size}")
+        self.max_slope, self.texture_size = float(max_slope), texture_size
         self.config = {"low_size": low_size, "ngf": ngf, "n_blocks": n_blocks, "norm": norm,
                        "radius": radius, "eps": float(eps), "detail": detail, "upsample": upsample,
                        "max_slope": float(max_slope)}  # fmt: skip
-        self.net = ResnetGenerator(3, 3, ngf=ngf, n_blocks=n_blocks, norm=norm, upsample=upsample)
+        if texture:
+            self.config.update(texture=texture, texture_size=texture_size)
+        if padding != "zeros":
+            self.config["padding"] = padding
+        self.texture = TextureHead(texture) if texture else None
+        self.net = ResnetGenerator(
+            3, 3, ngf=ngf, n_blocks=n_blocks, norm=norm, upsample=upsample, padding=padding
+        )
         if norm == "none":
             _variance_preserving_init(self.net, n_blocks)
         head = self.net.model[-2]  # the last 7x7 conv; its tanh is dropped: the change is unbounded
@@ -142,6 +189,10 @@ class GuidedTranslator(nn.Module):
         out = x + up(a) * x + up(b)
         if self.detail:
             out = out + up(delta - (a * lo + b))
+        if self.texture is not None:
+            t = (self.texture_size, self.texture_size)
+            work = lambda v: F.interpolate(v, size=t, mode="bilinear", align_corners=False, antialias=True)  # noqa: E731
+            out = out + up(self.texture(work(x), work(out)))
         return out.clamp(-1.0, 1.0)
 
     @property
@@ -150,10 +201,14 @@ class GuidedTranslator(nn.Module):
         extra = ", detail" if c["detail"] else ""
         if c.get("max_slope"):
             extra += f", slope <= {c['max_slope']:g}"
+        if c.get("padding"):
+            extra += f", {c['padding']} padding"
+        if c.get("texture"):
+            extra += f", texture head {c['texture']} ch at {c['texture_size']} px"
         return (
             f"GuidedTranslator(low_size={c['low_size']}, ResNet ngf={c['ngf']}, blocks={c['n_blocks']}, "
             f"norm={c['norm']}, guided filter r={c['radius']} eps={c['eps']:g}{extra})"
         )
 
 
-__all__ = ["GuidedTranslator", "box_filter", "guided_filter_coefficients"]
+__all__ = ["GuidedTranslator", "TextureHead", "box_filter", "guided_filter_coefficients"]

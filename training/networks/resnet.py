@@ -39,6 +39,11 @@ class ResnetGenerator(nn.Module):
     x2 then a 3x3 conv; Odena et al., 2016). A 3x3 kernel at stride 2 overlaps unevenly, so the
     transposed form starts with a checkerboard pattern that training must learn away — with a
     short (CPU) budget it stays visible and costs FID; resize-convolution has none by construction.
+
+    ``padding`` of the stride-2 downsampling convs: ``zeros`` (the paper's) or ``reflect``. Zero
+    padding tells the network where the image's borders are, and a translator can learn to paint
+    by position (a sky-blue band along every photo's top edge); with ``reflect`` (and ``resize``
+    upsampling) every layer is reflection padded, so an image of one colour gets one colour back.
     """
 
     n_downsampling = 2
@@ -52,8 +57,11 @@ class ResnetGenerator(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         upsample: str = "transposed",
+        padding: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding not in ("zeros", "reflect"):
+            raise ValueError(f"padding must be zeros or reflect, got '{padding}'")
         if n_blocks < 0 or ngf < 1:
             raise ValueError(f"need ngf >= 1 and n_blocks >= 0, got ngf={ngf}, n_blocks={n_blocks}")
         if upsample not in UPSAMPLING:
@@ -62,6 +70,8 @@ class ResnetGenerator(nn.Module):
         self.config = {"in_ch": in_ch, "out_ch": out_ch, "ngf": ngf, "n_blocks": n_blocks, "norm": norm}
         if upsample != "transposed":
             self.config["upsample"] = upsample
+        if padding != "zeros":
+            self.config["padding"] = padding
         make_norm, bias = norm_layer(norm), conv_bias(norm)
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
@@ -71,7 +81,8 @@ class ResnetGenerator(nn.Module):
         ]
         ch = ngf
         for _ in range(self.n_downsampling):
-            layers += [nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias), make_norm(ch * 2), nn.ReLU()]
+            down = nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1, bias=bias, padding_mode=padding)
+            layers += [down, make_norm(ch * 2), nn.ReLU()]
             ch *= 2
         layers += [ResnetBlock(ch, norm, dropout) for _ in range(n_blocks)]
         for _ in range(self.n_downsampling):

@@ -99,6 +99,20 @@ class Config(TranslationConfig):
     detail: bool = field(
         default=False, metadata={"help": "guided: also add the change the local linear model cannot express"}
     )
+    g_padding: str = field(
+        default="zeros",
+        metadata={"help": "padding of the generator's downsampling convs: zeros (the paper's; tells the network "
+                  "where the borders are) or reflect (no position signal at the borders)",
+                  "choices": ("zeros", "reflect")},
+    )  # fmt: skip
+    texture: int = field(
+        default=0,
+        metadata={"help": "guided: channels of a texture head that paints a residual image at --texture-size "
+                  "(snow grain, brush strokes: what a colour change cannot express); 0: none"},
+    )  # fmt: skip
+    texture_size: int = field(
+        default=256, metadata={"help": "guided: side of the square copy the texture head works on"}
+    )
     d_size: int | None = field(
         default=None,
         metadata={"help": "discriminators see images resized to this side (None: the training crop)"},
@@ -198,7 +212,8 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
             return GuidedTranslator(
                 config.low_size, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.g_norm or config.norm,
                 radius=config.gf_radius, eps=config.gf_eps, detail=config.detail, upsample=config.upsample,
-                max_slope=config.gf_max_slope,
+                max_slope=config.gf_max_slope, texture=config.texture, texture_size=config.texture_size,
+                padding=config.g_padding,
             )  # fmt: skip
         return ResnetGenerator(
             3,
@@ -207,6 +222,7 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
             n_blocks=config.n_blocks,
             norm=config.g_norm or config.norm,
             upsample=config.upsample,
+            padding=config.g_padding,
         )
 
     return {"G_AB": gen(), "G_BA": gen()}
