@@ -476,3 +476,20 @@ def test_run_evaluation_pads_a_resnet_to_its_multiple_at_each_images_own_size(ru
     fake = np.concatenate([fid.inception_features([y]) for y in fakes])
     real_b = _own_size_features(list_images(mixed / "testB"))
     assert m["fid_A2B"]["value"] == pytest.approx(fid.frechet_distance(fake, real_b), rel=1e-3)
+
+
+def test_border_change_ratio_finds_a_band_painted_along_one_edge() -> None:
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 200, size=(96, 128, 3), dtype=np.uint8)
+    tinted = photo + np.uint8(30)  # the same change everywhere
+    banded = tinted.copy()
+    banded[:6, :, 2] = 255  # a saturated blue band along the top edge (6 = 96 / 16 rows)
+    assert ev.border_change_ratio(photo, tinted) == pytest.approx(30 / 31, rel=1e-3)
+    assert ev.border_change_ratio(photo, banded) > 2
+    # the band on the bottom or the left edge counts the same
+    assert ev.border_change_ratio(photo[::-1], banded[::-1]) == pytest.approx(
+        ev.border_change_ratio(photo, banded)
+    )
+    assert ev.border_change_ratio(photo.transpose(1, 0, 2), banded.transpose(1, 0, 2)) == pytest.approx(
+        ev.border_change_ratio(photo, banded)
+    )
