@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.files import atomic_write
 from models.paths import portable_card_paths
 
-SCHEMA_VERSION = 2
-MIGRATED_VERSIONS = (1,)  # older versions read (and upgraded) by ModelCard.from_dict
+SCHEMA_VERSION = 3
+MIGRATED_VERSIONS = (1, 2)  # older versions read (and upgraded) by ModelCard.from_dict
 CARD_FILE = "card.json"
 
 # ONNX tensor names. Fixed by convention so that export and service cannot disagree.
@@ -30,6 +30,12 @@ IMAGE_INPUT = "image"  # translate / upscale: N x C x H x W float32 in the card'
 Z_INPUT = "z"  # sample: N x latent_dim float32
 LABEL_INPUT = "label"  # sample: N int64 class indices
 OUTPUT = "output"  # every task: N x C x H' x W' float32 in the card's output range
+# a style-based sample model's graph (the card's ``style`` record) also takes, per sample:
+PSI_INPUT = "psi"  # N float32 in [0, 1]: truncation towards the class's average w (1: none)
+Z2_INPUT = "z2"  # N x latent_dim float32: the second latent (style mixing, interpolation)
+MIX_LAYER_INPUT = "mix_layer"  # N int64 in 0..layers: z2's style from this layer on (layers: none)
+BLEND_INPUT = "blend"  # N float32 in [0, 1]: the layers before mix_layer move from z's w to z2's
+STYLE_INPUTS = (Z_INPUT, LABEL_INPUT, PSI_INPUT, Z2_INPUT, MIX_LAYER_INPUT, BLEND_INPUT)
 
 Task = Literal["translate", "sample", "upscale"]
 Precision = Literal["fp32", "int8"]
@@ -252,6 +258,27 @@ class QualityBar(_Strict):
         return f"Quality bar {'MET' if self.met else 'MISSED'}: " + "; ".join(parts)
 
 
+class StyleSpec(_Strict):
+    """A style-based sample model: its graph's inputs and its style layers.
+
+    The graph takes ``z`` and ``label`` like every sample model, plus ``psi`` (truncation towards the
+    class's average w), ``z2`` (a second latent), ``mix_layer`` (from this style layer on, ``z2``'s
+    style; ``layers`` means no mixing) and ``blend`` (the layers before ``mix_layer`` interpolate
+    linearly in W from ``z``'s style, 0, to ``z2``'s, 1). ``psi`` 1, ``mix_layer`` ``layers`` and
+    ``blend`` 0 give the plain sample of ``z``.
+    """
+
+    inputs: list[str] = Field(description="every input of the graph, in order")
+    layers: int = Field(ge=1, description="style layers, coarsest first; mix_layer is in 0..layers")
+
+    @field_validator("inputs")
+    @classmethod
+    def _style_inputs(cls, v: list[str]) -> list[str]:
+        if tuple(v) != STYLE_INPUTS:
+            raise ValueError(f"must be {list(STYLE_INPUTS)} (the style graph's inputs), got {v}")
+        return v
+
+
 def _check_file_name(v: str) -> str:
     if "/" in v or "\\" in v or v in {"", ".", ".."}:
         raise ValueError("must be a plain file name inside the model folder")
@@ -307,6 +334,10 @@ class ModelCard(_Strict):
     classes: list[str] | None = None
     latent_dim: int | None = Field(default=None, ge=1)
     output_size: int | None = Field(default=None, ge=1)
+    style: StyleSpec | None = Field(
+        default=None,
+        description="sample models whose graph takes truncation and style-mixing inputs; null: z and label only",
+    )
     training: TrainingInfo
     metrics: list[Metric] = Field(default_factory=list)
     headline_metric: str | None = Field(default=None, description="name of the metric to show in listings")
@@ -338,8 +369,8 @@ class ModelCard(_Strict):
             "sample": ("classes", "latent_dim", "output_size"),
         }
         forbid: dict[str, tuple[str, ...]] = {
-            "translate": ("scale", "classes", "latent_dim", "output_size"),
-            "upscale": ("classes", "latent_dim", "output_size"),
+            "translate": ("scale", "classes", "latent_dim", "output_size", "style"),
+            "upscale": ("classes", "latent_dim", "output_size", "style"),
             "sample": ("input", "scale"),
         }
         for f in need[self.task]:
@@ -474,16 +505,18 @@ class ModelCard(_Strict):
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A schema 1 card as a schema 2 card.
+    """An older card as a card of the current schema.
 
-    Version 2 added the typed ``parity``, ``int8_gate`` and ``quality_bar`` records (all optional)
+    Version 3 added the optional ``style`` record of sample models (a version 2 card has none: its
+    graph takes ``z`` and ``label``), so a version 2 card only changes its version. Version 2 added the typed ``parity``, ``int8_gate`` and ``quality_bar`` records (all optional)
     and made ``method`` a recipe name rather than one of four. A version 1 card kept the exporter's
     results as a generated tail of ``notes`` (from ``" ONNX exporter:"`` on); the upgrade drops that
     tail, so a re-export does not carry stale prose next to the records it measures anew, and keeps
     the rest of the notes for people.
     """
-    notes = str(data.get("notes") or "").split(" ONNX exporter:")[0].strip()
-    return {**data, "notes": notes, "schema_version": SCHEMA_VERSION}
+    if data.get("schema_version") == 1:
+        data = {**data, "notes": str(data.get("notes") or "").split(" ONNX exporter:")[0].strip()}
+    return {**data, "schema_version": SCHEMA_VERSION}
 
 
 def _describe(err: dict[str, Any]) -> str:

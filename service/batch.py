@@ -16,7 +16,10 @@ Inputs (``--input``):
 An output is ``<output>/<relative path>`` with the format's extension (``a/b.jpg`` ->
 ``a/b.png``; if two inputs would meet, e.g. ``b.jpg`` and ``b.png``, both keep their own
 extension: ``b.jpg.png``). Sampling writes ``<output>/<label>/<label>-<i>.png`` where image ``i``
-uses seed ``--seed + i``, the same image ``POST /sample`` gives for ``n=1`` and that seed.
+uses seed ``--seed + i``, the same image ``POST /sample`` gives for ``n=1`` and that seed. A
+style-based model also takes ``--truncation PSI`` and ``--mix-seed S --mix-layer L`` (image ``i``
+mixes with seed ``S + i``): the image ``/sample`` gives for ``n=1`` with the same ``truncation``
+and ``mix``.
 
 Sharding: an input belongs to shard ``blake2b(relative input path) mod --shard-count`` (sample
 ``i`` to shard ``i mod count``), so the shards cover every input exactly once and an input never
@@ -66,8 +69,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from models import card_paths
-from models.card import LABEL_INPUT, Z_INPUT, CardError
+from models.card import CardError
 from models.files import atomic_write, part_path
+from service import sampling
 from service.config import Settings, SettingsError, load_settings
 from service.imaging import (
     FORMATS,
@@ -80,7 +84,6 @@ from service.imaging import (
     network_size,
     normalize_format,
     resize_to_max_side,
-    sample_latents,
     samples_to_uint8,
     translate_images,
     upscale_image,
@@ -119,6 +122,7 @@ class Item:
     output: Path
     source: Path | None = None  # input image (None when sampling)
     seed: int | None = None  # sampling only
+    index: int | None = None  # sampling: the image's position i (its seed is --seed + i)
 
 
 def safe_relpath(raw: str, what: str = "path") -> PurePosixPath:
@@ -262,7 +266,10 @@ def plan_samples(label: str, n: int, seed: int, output_dir: Path, fmt: str) -> l
     width = max(6, len(str(n - 1)))
     return [
         Item(
-            key=f"{label}/{i}", output=output_dir / label / f"{label}-{i:0{width}d}{EXT[fmt]}", seed=seed + i
+            key=f"{label}/{i}",
+            output=output_dir / label / f"{label}-{i:0{width}d}{EXT[fmt]}",
+            seed=seed + i,
+            index=i,
         )
         for i in range(n)
     ]
@@ -356,6 +363,8 @@ class Options:
     tile: int = 256
     overlap: int = 16
     label: int = 0  # sampling: class index
+    truncation: float = 1.0  # sampling, style models: psi
+    mix: sampling.Mix | None = None  # sampling, style models: the seed of image 0's mix and the layer
     batch_size: int = 4
     io_threads: int = 2
     overwrite: bool = False
@@ -484,8 +493,18 @@ class ShardRunner:
         return self._run_images(items, on_done)
 
     def _run_samples(self, items: list[Item], on_done: Callable[[Outcome], None]) -> list[Outcome]:
-        card = self.model.card
+        card, opts = self.model.card, self.opts
         assert card.latent_dim is not None
+
+        def rows_of(item: Item) -> np.ndarray:
+            # one z per image from its own seed: the file does not depend on batching or sharding
+            assert card.latent_dim is not None and item.index is not None
+            mix = None
+            if opts.mix is not None:  # image i mixes with seed --mix-seed + i
+                mix = sampling.Mix(opts.mix.seed + item.index, opts.mix.layer)
+            controls = sampling.Controls(truncation=opts.truncation, mix=mix)
+            return sampling.plan_rows(card, 0, card.latent_dim, opts.label, 1, _seed(item), controls)
+
         outcomes: list[Outcome] = []
         with ThreadPoolExecutor(self.opts.io_threads, thread_name_prefix="write") as pool:
             pending: list[Future[Outcome]] = []
@@ -494,11 +513,10 @@ class ShardRunner:
                     break
                 chunk = items[start : start + self.opts.batch_size]
                 t0 = time.perf_counter()
-                # one z per image from its own seed: the file does not depend on batching or sharding
-                z = np.concatenate([sample_latents(card.latent_dim, 1, _seed(it)) for it in chunk])
-                labels = np.full((len(chunk),), self.opts.label, np.int64)
+                rows = np.concatenate([rows_of(it) for it in chunk])
                 try:
-                    images = samples_to_uint8(self.model, self.model.run({Z_INPUT: z, LABEL_INPUT: labels}))
+                    feeds = sampling.feeds(card, rows, card.latent_dim)
+                    images = samples_to_uint8(self.model, self.model.run(feeds))
                 except Exception as e:
                     for it in chunk:
                         outcomes.append(self._record(Outcome(it, "failed", _error_text(e))))
@@ -621,6 +639,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, help="sampling: number of images")
     p.add_argument("--seed", type=int, default=0, help="sampling: image i uses seed SEED + i (default: 0)")
     p.add_argument(
+        "--truncation",
+        type=float,
+        default=1.0,
+        help="sampling, style-based models: psi in [0, 1] (1: none, 0: the class's average image; default: 1)",
+    )
+    p.add_argument(
+        "--mix-seed",
+        type=int,
+        default=None,
+        help="sampling, style-based models: image i takes the styles of seed MIX_SEED + i from --mix-layer on",
+    )
+    p.add_argument(
+        "--mix-layer",
+        type=int,
+        default=None,
+        help="sampling, style-based models: the layer --mix-seed takes over",
+    )
+    p.add_argument(
         "--shard-index", type=int, default=None, help="this shard (default: $JOB_COMPLETION_INDEX or 0)"
     )
     p.add_argument(
@@ -732,6 +768,22 @@ def _options(
             label = model.card.class_index(args.label)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    truncation = getattr(args, "truncation", 1.0)
+    mix_seed, mix_layer = getattr(args, "mix_seed", None), getattr(args, "mix_layer", None)
+    if (mix_seed is None) != (mix_layer is None):
+        raise UsageError("style mixing needs both --mix-seed and --mix-layer")
+    mix = sampling.Mix(mix_seed, mix_layer) if mix_seed is not None and mix_layer is not None else None
+    if task == "sample":
+        try:
+            # batch sampling has no interpolation, so max_samples does not apply
+            sampling.check_controls(model.card, sampling.Controls(truncation, mix), max_samples=1)
+            if mix is not None:  # the last image mixes with seed --mix-seed + n - 1: in range too
+                last = sampling.Controls(mix=replace(mix, seed=mix.seed + (args.n or 1) - 1))
+                sampling.check_controls(model.card, last, max_samples=1)
+        except sampling.ControlError as e:
+            raise UsageError(str(e)) from None
+    elif truncation != 1.0 or mix is not None:
+        raise UsageError("--truncation, --mix-seed and --mix-layer are sampling options")
     return Options(
         task=task,
         fmt=normalize_format(args.format),
@@ -742,6 +794,8 @@ def _options(
         tile=env.tile if args.tile is None else max(0, args.tile),
         overlap=env.tile_overlap,
         label=label,
+        truncation=truncation,
+        mix=mix,
         batch_size=max(1, args.batch_size),
         io_threads=max(2, min(4, threads)),
         overwrite=args.overwrite,

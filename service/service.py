@@ -22,8 +22,11 @@ from a URL):
 * ``/sample`` — ``model`` + ``label`` (class name or index) + ``n`` (1..64) [+ ``seed``, ``grid``] ->
   one PNG grid (``grid=true``, default) or JSON ``{"seed", "label", "images": [base64 PNG, ...]}``
   (``grid=false``). The seed used is returned in the ``X-Seed`` header; the same seed gives the
-  same bytes. Samples of concurrent requests are batched (``/sample_batch``, internal); a request
-  with nothing to batch with runs directly.
+  same bytes. A style-based model (card ``style``) also takes ``truncation`` (psi in [0, 1]),
+  ``mix`` (``{"seed", "layer"}``: the second seed's styles from that layer on) and ``interpolate``
+  (``{"seed", "steps"}``: a strip of ``steps`` images towards the second seed, in place of ``n``);
+  see ``service.sampling``. Samples of concurrent requests are batched (``/sample_batch``,
+  internal); a request with nothing to batch with runs directly.
 * Overload: ``/translate``, ``/upscale`` and ``/sample`` wait for an inference lane (first come,
   first served) at most ``TRANSFIGURE_MAX_QUEUE_MS`` from their arrival; a request expected to wait
   longer is refused at once, one whose turn has not come by then is refused instead of run late:
@@ -56,11 +59,11 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException, InvalidArgument
 from bentoml.validators import ContentType
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 from starlette.responses import JSONResponse, Response
 
 from models.card import CardError, ModelCard
-from service import bentoml_patches, imaging
+from service import bentoml_patches, imaging, sampling
 from service.admission import REFUSAL_REASONS, PixelBudget, QueueAdmission, ServerBusy, Ticket
 from service.config import get_settings
 from service.demo import DemoMiddleware
@@ -112,15 +115,35 @@ def _sample_rows(rows: Any) -> np.ndarray:
         arr = np.asarray(rows, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):
         # e.g. {"rows": {}} or [{}]: numpy raises TypeError, which pydantic would not turn into a 400
-        raise ValueError("rows must be an N x (2 + latent) array of numbers") from None
+        raise ValueError("rows must be an N x (5 + 2 x latent) array of numbers") from None
     instance = _CURRENT.get("instance")
-    width = 2 + instance._latent if instance is not None else None
+    width = sampling.row_width(instance._latent) if instance is not None else None
     if arr.ndim != 2 or (width is not None and arr.shape[1] != width) or len(arr) == 0:
-        raise ValueError(f"rows must be an N x {width or '(2 + latent)'} array, got shape {arr.shape}")
+        raise ValueError(f"rows must be an N x {width or '(5 + 2 x latent)'} array, got shape {arr.shape}")
     return arr
 
 
 SampleRows = Annotated[np.ndarray, AfterValidator(_sample_rows)]
+
+
+class MixRequest(BaseModel):
+    """``/sample``'s ``mix``: from style layer ``layer`` on (0..the card's ``style.layers``), the styles
+    of the samples of ``seed``."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int
+    layer: int
+
+
+class InterpolateRequest(BaseModel):
+    """``/sample``'s ``interpolate``: ``steps`` images from the first sample of the request's seed to
+    the first sample of ``seed``, in W."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int
+    steps: int
+
+
 _CURRENT: dict[str, Transfigure] = {}  # the service instance of this worker, for the middleware
 
 
@@ -504,20 +527,17 @@ class Transfigure:
 
     # -- sample --------------------------------------------------------------------------------
     def _sample_rows_sync(self, rows: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
-        """Rows ``[model index, label, z...]`` -> uint8 rows of flattened S x S x C images.
+        """Rows (``service.sampling``: model index, label, controls, latents) -> uint8 rows of
+        flattened S x S x C images.
 
         ``ticket``: the admitted /sample request these rows are (run directly, not batched).
         """
         groups = []
-        for idx in np.unique(rows[:, 0]).astype(int):
+        for idx in np.unique(rows[:, sampling.MODEL]).astype(int):
             model = self.zoo.get(self._sample_names[idx], "sample")
-            sel = np.flatnonzero(rows[:, 0] == idx)
+            sel = np.flatnonzero(rows[:, sampling.MODEL] == idx)
             card = model.card
-            assert card.latent_dim is not None
-            feeds = {
-                "z": np.ascontiguousarray(rows[sel, 2 : 2 + card.latent_dim], dtype=np.float32),
-                "label": rows[sel, 1].astype(np.int64),
-            }
+            feeds = sampling.feeds(card, rows[sel], self._latent)
             pixels = len(sel) * (card.output_size or 1) ** 2
             with self._admission.run(self._infer, model.name, pixels, ticket):
                 images = imaging.samples_to_uint8(model, model.run(feeds))
@@ -535,30 +555,20 @@ class Transfigure:
         max_latency_ms=CONFIG.sample_max_latency_ms,
     )
     def sample_batch(self, rows: SampleRows) -> list[str]:
-        """Internal (used by /sample for adaptive batching): float rows [model index, label, z...].
+        """Internal (used by /sample for adaptive batching): float rows (``service.sampling``).
 
         Returns one base64 string per row: the sample's uint8 pixels, flattened (a third of the bytes
         of a JSON array of numbers, and no per-number validation on the way back).
         """
         rows = np.asarray(rows, dtype=np.float32)
-        n_models = len(self._sample_names)
-        if not n_models:
+        if not self._sample_names:
             raise BadInput("no sample models are loaded")
-        if rows.ndim != 2 or rows.shape[1] != 2 + self._latent or len(rows) > max(CONFIG.sample_max_batch, 1):
-            raise BadInput(f"rows must be N x {2 + self._latent} (N <= {CONFIG.sample_max_batch})")
-        idx, labels = rows[:, 0], rows[:, 1]
-        if (
-            not np.isfinite(rows).all()
-            or (idx != np.round(idx)).any()
-            or idx.min() < 0
-            or idx.max() >= n_models
-        ):
-            raise BadInput("column 0 must be a sample model index")
-        for i, name in enumerate(self._sample_names):
-            n_classes = len(self.zoo.get(name).card.classes or [])
-            lab = labels[idx == i]
-            if len(lab) and ((lab != np.round(lab)).any() or lab.min() < 0 or lab.max() >= n_classes):
-                raise BadInput(f"column 1 must be a class index of model '{name}'")
+        if len(rows) > max(CONFIG.sample_max_batch, 1):
+            raise BadInput(f"at most {CONFIG.sample_max_batch} rows, got {len(rows)}")
+        try:
+            sampling.check_rows(rows, [self.zoo.get(n).card for n in self._sample_names], self._latent)
+        except sampling.ControlError as e:
+            raise BadInput(str(e)) from None
         return [base64.b64encode(row.tobytes()).decode("ascii") for row in self._sample_rows_sync(rows)]
 
     async def _run_rows(self, rows: np.ndarray, ticket: Ticket | None = None) -> np.ndarray:
@@ -591,11 +601,16 @@ class Transfigure:
         ctx: bentoml.Context,
         model: str = "",
         label: str | int = 0,
-        n: int = 16,
+        n: int | None = None,
         seed: int | None = None,
         grid: bool = True,
+        truncation: float = 1.0,
+        mix: MixRequest | None = None,
+        interpolate: InterpolateRequest | None = None,
     ) -> Annotated[Path, ContentType("image/png")]:
-        """Draw `n` samples of class `label` (name or index); PNG grid, or JSON of base64 PNGs."""
+        """Draw `n` samples (default 16) of class `label` (name or index); PNG grid, or JSON of base64
+        PNGs. Style-based models: `truncation` (psi in [0, 1]), `mix` {seed, layer}: the second seed's
+        styles from that layer on; `interpolate` {seed, steps}: a strip towards the second seed."""
         m = self._model(model, "sample")
         card = m.card
         if isinstance(label, str) and len(label) > MAX_NAME_CHARS:
@@ -607,17 +622,28 @@ class Transfigure:
             label_idx = card.class_index(label)
         except ValueError as e:
             raise InvalidArgument(str(e)) from None
+        if n is not None and interpolate is not None:
+            raise InvalidArgument("n does not apply with interpolate: the strip has interpolate.steps images")
+        n = 16 if n is None else n
         if not 1 <= n <= self.config.max_samples:
             raise InvalidArgument(f"n must be between 1 and {self.config.max_samples}, got {n}")
         if seed is None:
             seed = secrets.randbits(31)
         elif not 0 <= seed < 2**63:
             raise InvalidArgument(f"seed must be between 0 and 2**63-1, got {seed}")
-        assert card.latent_dim is not None and card.output_size is not None
-        rows = np.zeros((n, 2 + self._latent), np.float32)
-        rows[:, 0] = self._sample_names.index(m.name)
-        rows[:, 1] = label_idx
-        rows[:, 2 : 2 + card.latent_dim] = imaging.sample_latents(card.latent_dim, n, seed)
+        controls = sampling.Controls(
+            truncation=truncation,
+            mix=sampling.Mix(mix.seed, mix.layer) if mix is not None else None,
+            interpolate=sampling.Interpolation(interpolate.seed, interpolate.steps) if interpolate else None,
+        )
+        try:
+            sampling.check_controls(card, controls, self.config.max_samples)
+        except sampling.ControlError as e:
+            raise InvalidArgument(str(e)) from None
+        assert card.output_size is not None
+        index = self._sample_names.index(m.name)
+        rows = sampling.plan_rows(card, index, self._latent, label_idx, n, seed, controls)
+        n = len(rows)
         try:
             # a batched request's rows run in /sample_batch: it counts in the expected wait until done
             ticket = self._admit(ctx, m, n * card.output_size**2)
@@ -634,8 +660,9 @@ class Transfigure:
         images = flat[:, : s * s * c].reshape(n, s, s, c)
         headers = {"X-Seed": str(seed), "X-Model": m.name, "X-Label": card.classes[label_idx]}  # type: ignore[index]
         if grid:
+            nrow = n if interpolate is not None else None  # an interpolation is one strip
             body, media_type = await anyio.to_thread.run_sync(
-                lambda: imaging.encode_image(imaging.make_grid(images))
+                lambda: imaging.encode_image(imaging.make_grid(images, nrow=nrow))
             )
             return Response(body, media_type=media_type, headers=headers)  # type: ignore[return-value]
         encoded = [base64.b64encode(imaging.encode_image(im)[0]).decode("ascii") for im in images]

@@ -24,7 +24,19 @@ import numpy as np
 import onnxruntime as ort
 
 from models import card_paths, zoo_dir
-from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, CardError, ModelCard
+from models.card import (
+    BLEND_INPUT,
+    IMAGE_INPUT,
+    LABEL_INPUT,
+    MIX_LAYER_INPUT,
+    OUTPUT,
+    PSI_INPUT,
+    STYLE_INPUTS,
+    Z2_INPUT,
+    Z_INPUT,
+    CardError,
+    ModelCard,
+)
 from service.providers import ProviderPlan
 
 log = logging.getLogger("transfigure.zoo")
@@ -32,6 +44,11 @@ log = logging.getLogger("transfigure.zoo")
 TASKS = ("translate", "sample", "upscale")
 # ONNX inputs each task's graph must have (see CONTRIBUTING.md, "ONNX models").
 TASK_INPUTS = {"translate": (IMAGE_INPUT,), "upscale": (IMAGE_INPUT,), "sample": (Z_INPUT, LABEL_INPUT)}
+
+
+def graph_inputs(card: ModelCard) -> tuple[str, ...]:
+    """The ONNX inputs ``card``'s graph must have: its task's, or a style sampler's (card ``style``)."""
+    return STYLE_INPUTS if card.style is not None else TASK_INPUTS[card.task]
 
 
 class ModelNotFound(ValueError):
@@ -238,10 +255,16 @@ class LoadedModel:
         card = self.card
         if card.task == "sample":
             assert card.latent_dim is not None
-            return {
+            feeds = {
                 Z_INPUT: np.zeros((batch, card.latent_dim), np.float32),
                 LABEL_INPUT: np.zeros((batch,), np.int64),
             }
+            if card.style is not None:  # no truncation, no mixing
+                feeds[PSI_INPUT] = np.ones((batch,), np.float32)
+                feeds[Z2_INPUT] = np.zeros((batch, card.latent_dim), np.float32)
+                feeds[MIX_LAYER_INPUT] = np.full((batch,), card.style.layers, np.int64)
+                feeds[BLEND_INPUT] = np.zeros((batch,), np.float32)
+            return feeds
         assert card.input is not None
         m = card.input.multiple_of
         side = max(m, math.ceil(card.input.native_size / m) * m)
@@ -258,10 +281,12 @@ class LoadedModel:
 def _check_graph(card: ModelCard, session: ort.InferenceSession, onnx_path: Path) -> None:
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    missing = [n for n in TASK_INPUTS[card.task] if n not in inputs]
+    wanted = graph_inputs(card)
+    missing = [n for n in wanted if n not in inputs]
     if missing or OUTPUT not in outputs:
+        kind = "style-based 'sample'" if card.style is not None else f"'{card.task}'"
         raise CardError(
-            f"{onnx_path}: a '{card.task}' model needs inputs {list(TASK_INPUTS[card.task])} and output "
+            f"{onnx_path}: a {kind} model needs inputs {list(wanted)} and output "
             f"'{OUTPUT}', the graph has inputs {sorted(inputs)} and outputs {sorted(outputs)}; re-export it"
         )
 

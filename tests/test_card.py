@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from models import card_paths
-from models.card import BarCriterion, CardError, ModelCard, QualityBar, sha256_file
+from models.card import (
+    SCHEMA_VERSION,
+    STYLE_INPUTS,
+    BarCriterion,
+    CardError,
+    ModelCard,
+    QualityBar,
+    sha256_file,
+)
 from models.schema import SCHEMA_PATH, render
 
 
@@ -264,12 +272,30 @@ def test_schema_1_card_is_upgraded_on_load(tmp_path: Path) -> None:
     (tmp_path / "card.json").write_text(json.dumps(data))
     card = ModelCard.load(tmp_path)
     # the exporter's generated tail is dropped (export measures it anew, as records); the rest stays
-    assert card.schema_version == 2 and card.notes == people
+    assert card.schema_version == SCHEMA_VERSION and card.notes == people
     assert card.parity is None and card.int8_gate is None and card.quality_bar is None
-    assert json.loads(card.to_json())["schema_version"] == 2
+    assert json.loads(card.to_json())["schema_version"] == SCHEMA_VERSION
 
 
-@pytest.mark.parametrize("version", [0, 3, "2", True])
+def test_schema_2_card_is_upgraded_with_its_notes_and_no_style(tmp_path: Path) -> None:
+    data = _valid()
+    data.update(schema_version=2, notes="People's notes. ONNX exporter: kept, it is prose in version 2.")
+    card = ModelCard.from_dict(data)
+    assert card.schema_version == SCHEMA_VERSION and card.notes == data["notes"] and card.style is None
+
+
+def test_style_record_names_the_graph_inputs_and_only_fits_sample_models() -> None:
+    good = {"inputs": list(STYLE_INPUTS), "layers": 5}
+    card = ModelCard.from_dict({**_valid("sample"), "style": good})
+    assert card.style is not None and card.style.layers == 5 and card.style.inputs == list(STYLE_INPUTS)
+    assert ModelCard.from_dict(json.loads(card.to_json())) == card
+    with pytest.raises(CardError, match=r"field 'style.inputs'.*the style graph's inputs"):
+        ModelCard.from_dict({**_valid("sample"), "style": {"inputs": ["z", "label"], "layers": 5}})
+    with pytest.raises(CardError, match="field 'style' does not apply to task 'translate'"):
+        ModelCard.from_dict({**_valid("translate"), "style": good})
+
+
+@pytest.mark.parametrize("version", [0, 4, "2", True])
 def test_unknown_schema_version_is_refused_by_name(tmp_path: Path, version) -> None:
     data = _valid()
     data["schema_version"] = version
@@ -278,13 +304,13 @@ def test_unknown_schema_version_is_refused_by_name(tmp_path: Path, version) -> N
         ModelCard.load(tmp_path)
     msg = str(e.value)
     assert str(tmp_path / "card.json") in msg and f"schema version {version!r} is not supported" in msg
-    assert "reads version 2" in msg
+    assert f"reads version {SCHEMA_VERSION}" in msg
 
 
 def test_shipped_cards_carry_their_export_records() -> None:
     for path in card_paths():
         card = ModelCard.load(path)
-        assert card.schema_version == 2
+        assert card.schema_version == SCHEMA_VERSION
         assert card.parity is not None and card.quality_bar is not None, path
         if card.precision == "int8":  # every shipped INT8 file went through the gate
             assert card.int8_gate is not None and card.int8_gate.metric == card.headline_metric, path

@@ -34,6 +34,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from models.card import SCHEMA_VERSION
 from service import imaging
 from service.admission import PixelBudget, ServerBusy
 from service.middleware import GuardMiddleware
@@ -349,7 +350,10 @@ def test_models_lists_cards_and_unavailable(http: httpx.Client) -> None:
     # where each model runs (TRANSFIGURE_PROVIDERS=auto without CUDA: the CPU) and which file
     assert all(m["provider"] == "cpu" and m["served_file"] == m["onnx_file"] for m in listing["models"])
     by_name = {m["name"]: m for m in listing["models"]}
-    assert by_name["tiny-translate"]["schema_version"] == 2 and by_name["tiny-translate"]["parity"] is None
+    assert (
+        by_name["tiny-translate"]["schema_version"] == SCHEMA_VERSION
+        and by_name["tiny-translate"]["parity"] is None
+    )
     if HAS_TORCH:  # an exported card: its typed export records pass through as the card has them
         assert by_name["guided"]["parity"]["exporter"] in {"dynamo", "torchscript"}
         assert by_name["guided"]["parity"]["cases"] and by_name["guided"]["int8_gate"] is None

@@ -9,6 +9,10 @@ Each model honours the tensor contract of CONTRIBUTING.md and has an output a te
   and with a 3 px receptive field, so tiled and untiled outputs must agree.
 * ``sample`` — ``tanh((z + embed[label]) @ W)`` reshaped to N x C x S x S: deterministic, depends on
   both z and the label, and each sample is independent of the rest of the batch.
+* ``style`` (``make_model(root, "style")``) — a sample model with the style inputs of
+  ``models.card.STYLE_INPUTS`` and :data:`TINY_STYLE_LAYERS` style layers, computed exactly by
+  :func:`tiny_style_reference`: the class's average w is ``embed[label]`` and w is
+  ``embed[label] + z``, so psi 0 gives every z the same image.
 
 Use ``make_zoo(tmp_path)`` for a zoo folder with one model per kind, or ``make_model`` for one.
 ``make_guided_model`` (needs torch) exports a real ``GuidedTranslator`` with the repository's own
@@ -24,12 +28,25 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT, ModelCard, sha256_file
+from models.card import (
+    BLEND_INPUT,
+    IMAGE_INPUT,
+    LABEL_INPUT,
+    MIX_LAYER_INPUT,
+    OUTPUT,
+    PSI_INPUT,
+    STYLE_INPUTS,
+    Z2_INPUT,
+    Z_INPUT,
+    ModelCard,
+    sha256_file,
+)
 
 OPSET = 17
 IR_VERSION = 8  # old enough for every onnxruntime >= 1.14
 KINDS = ("translate", "sample", "upscale")
 DEFAULT_CLASSES = ("apple", "cat", "fish")
+TINY_STYLE_LAYERS = 2
 
 
 def _image_vi(name: str, channels: int) -> onnx.ValueInfoProto:
@@ -121,9 +138,87 @@ def sample_graph(
     _save(helper.make_graph(nodes, "tiny_sample", inputs, outputs, inits), path)
 
 
+def _style_weights(latent_dim: int, n_classes: int, size: int, channels: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    embed = rng.standard_normal((n_classes, latent_dim)).astype(np.float32)
+    per_layer = [
+        (rng.standard_normal((latent_dim, channels * size * size)) / np.sqrt(latent_dim)).astype(np.float32)
+        for _ in range(TINY_STYLE_LAYERS)
+    ]
+    return [embed, *per_layer]
+
+
+def tiny_style_reference(
+    feeds: dict[str, np.ndarray], latent_dim: int = 8, n_classes: int = 3, size: int = 8, channels: int = 1
+) -> np.ndarray:
+    """What the tiny style graph computes for ``feeds``, in numpy (N x C x S x S)."""
+    embed, *weights = _style_weights(latent_dim, n_classes, size, channels)
+    e = embed[feeds[LABEL_INPUT]]
+    psi = feeds[PSI_INPUT][:, None]
+    w1, w2 = e + psi * feeds[Z_INPUT], e + psi * feeds[Z2_INPUT]
+    base = w1 + feeds[BLEND_INPUT][:, None] * (w2 - w1)
+    mix = feeds[MIX_LAYER_INPUT][:, None]
+    flat = sum(np.where(i >= mix, w2, base) @ w for i, w in enumerate(weights))
+    return np.tanh(flat).reshape(-1, channels, size, size)
+
+
+def style_sample_graph(
+    path: Path, latent_dim: int = 8, n_classes: int = 3, size: int = 8, channels: int = 1
+) -> None:
+    """A sample graph with the style inputs (see :func:`tiny_style_reference`)."""
+    embed, *weights = _style_weights(latent_dim, n_classes, size, channels)
+    nodes = [
+        helper.make_node("Gather", ["embed", LABEL_INPUT], ["e"], axis=0),
+        helper.make_node("Unsqueeze", [PSI_INPUT, "axis1"], ["psi1"]),
+        helper.make_node("Unsqueeze", [BLEND_INPUT, "axis1"], ["blend1"]),
+        helper.make_node("Unsqueeze", [MIX_LAYER_INPUT, "axis1"], ["mix1"]),
+        helper.make_node("Mul", ["psi1", Z_INPUT], ["pz1"]),
+        helper.make_node("Mul", ["psi1", Z2_INPUT], ["pz2"]),
+        helper.make_node("Add", ["e", "pz1"], ["w1"]),
+        helper.make_node("Add", ["e", "pz2"], ["w2"]),
+        helper.make_node("Sub", ["w2", "w1"], ["dw"]),
+        helper.make_node("Mul", ["blend1", "dw"], ["bdw"]),
+        helper.make_node("Add", ["w1", "bdw"], ["base"]),
+    ]
+    terms = []
+    for i in range(TINY_STYLE_LAYERS):
+        nodes += [
+            helper.make_node("LessOrEqual", ["mix1", f"layer{i}"], [f"takes{i}"]),
+            helper.make_node("Where", [f"takes{i}", "w2", "base"], [f"s{i}"]),
+            helper.make_node("MatMul", [f"s{i}", f"weight{i}"], [f"t{i}"]),
+        ]
+        terms.append(f"t{i}")
+    nodes += [
+        helper.make_node("Sum", terms, ["flat"]),
+        helper.make_node("Tanh", ["flat"], ["act"]),
+        helper.make_node("Reshape", ["act", "shape"], [OUTPUT]),
+    ]
+    inits = [
+        numpy_helper.from_array(embed, "embed"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([-1, channels, size, size], np.int64), "shape"),
+    ]
+    for i, w in enumerate(weights):
+        inits += [
+            numpy_helper.from_array(w, f"weight{i}"),
+            numpy_helper.from_array(np.array(i, np.int64), f"layer{i}"),
+        ]
+    vi = helper.make_tensor_value_info
+    inputs = [
+        vi(Z_INPUT, TensorProto.FLOAT, ["N", latent_dim]),
+        vi(LABEL_INPUT, TensorProto.INT64, ["N"]),
+        vi(PSI_INPUT, TensorProto.FLOAT, ["N"]),
+        vi(Z2_INPUT, TensorProto.FLOAT, ["N", latent_dim]),
+        vi(MIX_LAYER_INPUT, TensorProto.INT64, ["N"]),
+        vi(BLEND_INPUT, TensorProto.FLOAT, ["N"]),
+    ]
+    outputs = [vi(OUTPUT, TensorProto.FLOAT, ["N", channels, size, size])]
+    _save(helper.make_graph(nodes, "tiny_style", inputs, outputs, inits), path)
+
+
 def card_dict(name: str, task: str, sha256: str, **overrides: Any) -> dict[str, Any]:
     """A valid card for a tiny model; ``overrides`` replace top-level fields."""
-    method = {"translate": "cyclegan", "sample": "cgan", "upscale": "srgan"}[task]
+    method = {"translate": "cyclegan", "sample": "cgan", "style": "cgan", "upscale": "srgan"}[task]
     card: dict[str, Any] = {
         "name": name,
         "task": task,
@@ -191,17 +286,23 @@ def make_model(
             "output": {"channels": channels, "range": [0, 1]},
             "scale": scale,
         }
-    elif kind == "sample":
-        sample_graph(onnx_path, latent_dim, len(classes), output_size, sample_channels)
+    elif kind in ("sample", "style"):
+        if kind == "style":
+            style_sample_graph(onnx_path, latent_dim, len(classes), output_size, sample_channels)
+        else:
+            sample_graph(onnx_path, latent_dim, len(classes), output_size, sample_channels)
         extra = {
             "output": {"channels": sample_channels, "range": [-1, 1]},
             "classes": list(classes),
             "latent_dim": latent_dim,
             "output_size": output_size,
         }
+        if kind == "style":
+            extra["style"] = {"inputs": list(STYLE_INPUTS), "layers": TINY_STYLE_LAYERS}
     else:
-        raise ValueError(f"unknown kind '{kind}': use one of {KINDS}")
-    ModelCard.from_dict(card_dict(name, kind, sha256_file(onnx_path), **extra)).save(folder)
+        raise ValueError(f"unknown kind '{kind}': use one of {KINDS} or 'style'")
+    task = "sample" if kind == "style" else kind
+    ModelCard.from_dict({**card_dict(name, kind, sha256_file(onnx_path), **extra), "task": task}).save(folder)
     return folder
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.card import CARD_FILE, ModelCard, QualityBar
+from models.card import CARD_FILE, STYLE_INPUTS, ModelCard, QualityBar
 from training.macs import count_macs, count_parameters
 from training.onnx_export import ExportError, example_inputs
 
@@ -102,6 +102,8 @@ def card_dict(
         card["scale"] = spec.scale
     if spec.task == "sample":
         card.update(classes=list(spec.classes), latent_dim=spec.latent_dim, output_size=spec.output_size)
+        if getattr(spec, "style_layers", None):
+            card["style"] = {"inputs": list(STYLE_INPUTS), "layers": int(spec.style_layers)}
     return card
 
 

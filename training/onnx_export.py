@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, Z_INPUT
+from models.card import IMAGE_INPUT, LABEL_INPUT, OUTPUT, STYLE_INPUTS, Z_INPUT
 
 PARITY_COMPARED = "onnxruntime (CPU) vs torch (fp32, eval mode) on fresh random inputs"
 
@@ -30,17 +30,30 @@ class ExportError(RuntimeError):
 
 
 # -- inputs --------------------------------------------------------------------------------------
+def _style(spec) -> bool:
+    return spec.task == "sample" and bool(getattr(spec, "style_layers", None))
+
+
 def input_names(spec) -> list[str]:
+    if _style(spec):
+        return list(STYLE_INPUTS)
     return [Z_INPUT, LABEL_INPUT] if spec.task == "sample" else [IMAGE_INPUT]
 
 
 def example_inputs(spec, batch: int = 1, size: tuple[int, int] | None = None, seed: int = 0) -> tuple:
-    """Random inputs of the net's interface: ``image`` in the input range, or ``z`` + ``label``."""
+    """Random inputs of the net's interface: ``image`` in the input range, or ``z`` + ``label`` (and
+    for a style sampler ``psi``, ``z2``, ``mix_layer`` and ``blend``, each drawn over its whole range)."""
     g = torch.Generator().manual_seed(seed)
     if spec.task == "sample":
         z = torch.randn(batch, spec.latent_dim, generator=g)
         label = torch.randint(0, len(spec.classes), (batch,), generator=g, dtype=torch.int64)
-        return z, label
+        if not _style(spec):
+            return z, label
+        psi = torch.rand(batch, generator=g)
+        z2 = torch.randn(batch, spec.latent_dim, generator=g)
+        mix_layer = torch.randint(0, spec.style_layers + 1, (batch,), generator=g, dtype=torch.int64)
+        blend = torch.rand(batch, generator=g)
+        return z, label, psi, z2, mix_layer, blend
     h, w = size or (spec.native_size or 64, spec.native_size or 64)
     lo, hi = spec.input_range or (-1.0, 1.0)
     x = torch.rand(batch, spec.input_channels, h, w, generator=g) * (hi - lo) + lo
@@ -51,7 +64,7 @@ def parity_shapes(spec) -> list[tuple[int, tuple[int, int] | None]]:
     """Two different (batch, size) cases: square, then non-square, both multiples of ``multiple_of``;
     for a translator that takes any size, both larger than its low-resolution copy."""
     if spec.task == "sample":
-        return [(1, None), (3, None)]
+        return [(1, None), (5 if _style(spec) else 3, None)]
     m = max(int(spec.multiple_of or 1), 1)
     if m == 1 and spec.task == "translate" and spec.native_size:
         # a resolution-free translator: larger than the size its network sees, odd, and 4:3-ish
@@ -65,14 +78,14 @@ def parity_shapes(spec) -> list[tuple[int, tuple[int, int] | None]]:
 def _dynamic_shapes(spec):
     batch = torch.export.Dim.DYNAMIC
     if spec.task == "sample":
-        return ({0: batch}, {0: batch})
+        return tuple({0: batch} for _ in input_names(spec))
     hw = torch.export.Dim.DYNAMIC
     return ({0: batch, 2: hw, 3: hw},)
 
 
 def _dynamic_axes(spec) -> dict[str, dict[int, str]]:
     if spec.task == "sample":
-        return {Z_INPUT: {0: "batch"}, LABEL_INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}
+        return {**{name: {0: "batch"} for name in input_names(spec)}, OUTPUT: {0: "batch"}}
     return {
         IMAGE_INPUT: {0: "batch", 2: "height", 3: "width"},
         OUTPUT: {0: "batch", 2: "out_height", 3: "out_width"},

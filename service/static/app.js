@@ -242,6 +242,14 @@
       const previous = labels.value;
       labels.replaceChildren(...(card.classes || []).map((name) => new Option(name, name)));
       if ((card.classes || []).includes(previous)) labels.value = previous;
+      // truncation and mixing only for a style-based model (its card has a "style" record)
+      $("sample-style").hidden = !card.style;
+      if (card.style) {
+        const layer = $("sample-mix-layer");
+        layer.max = String(card.style.layers);
+        if (Number(layer.value) > card.style.layers) layer.value = String(card.style.layers);
+        $("sample-mix-layer-value").textContent = layer.value;
+      }
     }
   }
 
@@ -393,13 +401,76 @@
     return `curl -H 'Content-Type: application/json'${auth} \\\n     -d '${JSON.stringify(body)}' ${url} -o samples.png`;
   }
 
+  function styleCard() {
+    const card = state.models.find((c) => c.name === $("sample-model").value);
+    return card && card.style ? card : null;
+  }
+
+  // The style controls of the request body: truncation, and mix when a second seed is given.
+  function styleControls(body) {
+    if (!styleCard()) return body;
+    const psi = Number($("sample-truncation").value);
+    if (psi !== 1) body.truncation = psi;
+    const mixSeed = $("sample-mix-seed").value.trim();
+    if (mixSeed) body.mix = { seed: Number(mixSeed), layer: Number($("sample-mix-layer").value) };
+    return body;
+  }
+
+  // One drawing per mixing layer: the first seed alone (no mixing), then the second seed's styles
+  // from each layer down to 0 (the second seed alone), with the same truncation.
+  async function mixingView() {
+    const card = styleCard();
+    const seedText = $("sample-seed").value.trim();
+    const mixSeed = $("sample-mix-seed").value.trim();
+    if (!card || !seedText || !mixSeed) {
+      showError("sample-error", "The mixing view needs a seed and a second seed (\u201cMix with seed\u201d).");
+      return;
+    }
+    const done = busy("sample", "Mixing\u2026");
+    try {
+      const strip = $("sample-mixing-strip");
+      const figures = [];
+      for (let layer = card.style.layers; layer >= 0; layer--) {
+        const body = { model: card.name, label: $("sample-label").value, n: 1, seed: Number(seedText), grid: true };
+        const psi = Number($("sample-truncation").value);
+        if (psi !== 1) body.truncation = psi;
+        body.mix = { seed: Number(mixSeed), layer };
+        const res = await call("POST", "sample", JSON.stringify(body), { "Content-Type": "application/json" });
+        const img = document.createElement("img");
+        img.className = "pixelated";
+        img.alt = `Seed ${seedText} with seed ${mixSeed}'s styles from layer ${layer}`;
+        await loadImage(img, objectUrl(`mix${layer}`, await res.blob()));
+        const fig = document.createElement("figure");
+        const cap = document.createElement("figcaption");
+        cap.textContent = layer === card.style.layers ? `seed ${seedText}` : layer === 0 ? `seed ${mixSeed}` : `from layer ${layer}`;
+        fig.append(img, cap);
+        figures.push(fig);
+      }
+      strip.replaceChildren(...figures);
+      $("sample-mixing-caption").textContent =
+        `Seed ${seedText} (left) taking seed ${mixSeed}'s styles from ever lower layers (right: seed ${mixSeed} alone)`;
+      $("sample-mixing").hidden = false;
+      done("Mixed");
+    } catch (err) {
+      done("");
+      showError("sample-error", err.message);
+    }
+  }
+
   function setupSample() {
     $("sample-model").addEventListener("change", () => showCard("sample"));
+    $("sample-truncation").addEventListener("input", () => {
+      $("sample-truncation-value").textContent = Number($("sample-truncation").value).toFixed(2);
+    });
+    $("sample-mix-layer").addEventListener("input", () => {
+      $("sample-mix-layer-value").textContent = $("sample-mix-layer").value;
+    });
+    $("sample-mix-view").addEventListener("click", () => mixingView());
     const run = async () => {
       const model = $("sample-model").value;
       const n = Number($("sample-n").value || 16);
       const seedText = $("sample-seed").value.trim();
-      const body = { model, label: $("sample-label").value, n, grid: true };
+      const body = styleControls({ model, label: $("sample-label").value, n, grid: true });
       if (seedText) body.seed = Number(seedText);
       const done = busy("sample", `Sampling ${n} \u00d7 \u201c${body.label}\u201d\u2026`);
       try {

@@ -93,6 +93,7 @@ class ExportSpec:
     classes: list[str] | None = None  # sample
     latent_dim: int | None = None
     output_size: int | None = None
+    style_layers: int | None = None  # sample: a style generator's layers (its graph takes STYLE_INPUTS)
     dataset: dict[str, Any] = field(default_factory=dict)  # name, source, license, split_sizes
     pretrained: list[dict[str, str]] = field(default_factory=list)  # frozen networks of the losses
 

@@ -1,4 +1,5 @@
-"""Class-conditional GAN: DCGAN-style generator + projection discriminator (`transfigure train cgan`).
+"""Class-conditional GAN: a DCGAN-style or style-based generator + projection discriminator
+(`transfigure train cgan`).
 
 Reads top to bottom: the configuration, the nets, the data, one training step, the sample grid,
 evaluation and export. The recipe is the SN-GAN/SAGAN line for small conditional image sets:
@@ -23,13 +24,22 @@ evaluation and export. The recipe is the SN-GAN/SAGAN line for small conditional
   sampled or saved (:func:`training.loop.recalibrate_batch_norm`): the live net's statistics do
   not fit the averaged weights.
 
+``--generator`` picks the generator: ``dcgan`` (default; ``training/networks/conditional.py``) or
+``style`` (``training/networks/style.py``: mapping network, modulated convolutions, noise inputs,
+per-class average of w for the truncation trick). With ``style``, ``--style-mixing`` is the share of
+fakes drawn with two latents whose styles cross over at a random layer (StyleGAN's mixing
+regularisation), and the EMA generator's per-class average of w is recomputed from its own mapping
+network before it is sampled or saved.
+
 Data: a folder of Quick, Draw! ``.npy`` files, MNIST/Fashion-MNIST idx files or one sub-folder per
 class (``training/data/labelled.py``); the train split is all but the last ``--test-fraction`` of
 each class. The class names are saved in the config (hence the checkpoint and the card).
 Sample grid: one row per class, the same noise in every column. Evaluation asks a judge (a
 ``train classifier`` run on the same data, ``--judge``) about the samples.
 
-Exported net ``G``: ``(z: N x latent_dim float32, label: N int64) -> N x C x S x S`` in [-1, 1].
+Exported net ``G``: ``(z: N x latent_dim float32, label: N int64) -> N x C x S x S`` in [-1, 1];
+a style generator's graph also takes ``psi``, ``z2``, ``mix_layer`` and ``blend``
+(:data:`models.card.STYLE_INPUTS`; the card's ``style`` record names them and the style layers).
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ from training.export_io import sample_export_io
 from training.loop import Runtime, batch_stream, cli_train, image_grid, recalibrate_batch_norm, to_device
 from training.losses import GANLoss, gradient_penalty
 from training.networks.conditional import OUTPUT_SIZES, ConditionalGenerator, ProjectionDiscriminator
+from training.networks.style import STYLE_LAYERS, StyleGenerator
 from training.provenance import portable_path
 from training.recipes import ExportSpec
 from training.recipes.classifier import load_judge
@@ -63,6 +74,8 @@ from training.recipes.common import AdversarialConfig, gan_loss_field
 NAME = "cgan"
 SAMPLES_PER_CLASS = 8  # columns of the sample grid
 CALIBRATION_BATCHES = 16  # batches of fresh noise that re-estimate the EMA generator's BN statistics
+W_AVG_SAMPLES = 2048  # latents per class whose mean w is the EMA style generator's w_avg
+GENERATORS = ("dcgan", "style")
 
 
 @dataclass
@@ -92,6 +105,22 @@ class Config(AdversarialConfig):
     ngf: int = field(default=64, metadata={"help": "generator width"})
     ndf: int = field(default=64, metadata={"help": "discriminator width"})
     embed_dim: int = field(default=64, metadata={"help": "class embedding size in the generator"})
+    generator: str = field(
+        default="dcgan",
+        metadata={
+            "help": "generator architecture: dcgan (conditional batch norm) or style (mapping network, "
+            "modulated convolutions, noise inputs; sampled with truncation and style mixing)",
+            "choices": GENERATORS,
+        },
+    )
+    w_dim: int = field(default=128, metadata={"help": "style generator: size of w"})
+    mapping_layers: int = field(
+        default=4, metadata={"help": "style generator: layers of the mapping network"}
+    )
+    style_mixing: float = field(
+        default=0.9,
+        metadata={"help": "style generator: share of fakes drawn with two latents mixed at a random layer"},
+    )
     gan_loss: str = gan_loss_field("hinge")
     lr_g: float = field(default=1e-4, metadata={"help": "generator learning rate (TTUR)"})
     lr_d: float = field(default=4e-4, metadata={"help": "discriminator learning rate (TTUR)"})
@@ -130,6 +159,12 @@ class Config(AdversarialConfig):
             raise ConfigError(str(e)) from None
         if self.mode_seeking < 0:
             raise ConfigError(f"--mode-seeking must be >= 0 (0 = off), got {self.mode_seeking}")
+        if not 0.0 <= self.style_mixing <= 1.0:
+            raise ConfigError(f"--style-mixing is a share of the fakes, in [0, 1]; got {self.style_mixing}")
+        if self.w_dim < 1 or self.mapping_layers < 1:
+            raise ConfigError(
+                f"--w-dim and --mapping-layers must be at least 1, got {self.w_dim} and {self.mapping_layers}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,7 +180,19 @@ def _num_classes(config: Config) -> int:
 
 
 def build_inference_nets(config: Config) -> dict[str, torch.nn.Module]:
-    """The class-conditional generator."""
+    """The class-conditional generator (``config.generator``)."""
+    if config.generator == "style":
+        style = StyleGenerator(
+            _num_classes(config),
+            latent_dim=config.latent_dim,
+            out_ch=config.channels,
+            output_size=config.image_size,
+            ngf=config.ngf,
+            embed_dim=config.embed_dim,
+            w_dim=config.w_dim,
+            mapping_layers=config.mapping_layers,
+        )
+        return {"G": style}
     g = ConditionalGenerator(
         _num_classes(config),
         latent_dim=config.latent_dim,
@@ -169,13 +216,16 @@ def build_discriminator(config: Config) -> ProjectionDiscriminator:
 
 def export_specs(config: Config) -> dict[str, ExportSpec]:
     classes = list(config.classes)
+    style = config.generator == "style"
+    kind = "style-based GAN (StyleGAN2 design; truncation and style mixing)" if style else "DCGAN"
     return {
         "G": ExportSpec(
             task="sample",
             method="cgan",
-            description=f"Class-conditional DCGAN ({len(classes)} classes: {', '.join(classes)}), "
+            description=f"Class-conditional {kind} ({len(classes)} classes: {', '.join(classes)}), "
             f"{config.image_size}x{config.image_size} px, trained with a projection discriminator "
             f"({config.gan_loss} loss{', spectral norm' if config.spectral_norm else ''}).",
+            style_layers=STYLE_LAYERS if style else None,
             output_channels=config.channels,
             output_range=(-1.0, 1.0),
             classes=classes,
@@ -223,6 +273,17 @@ class CGANRecipe:
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.latent_dim, device=self.rt.device)
 
+    def _generate(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Fakes for ``z``; a style generator mixes a ``--style-mixing`` share of them with a second
+        latent from a random layer on (the same label: mixing never crosses classes)."""
+        if self.cfg.generator != "style" or self.cfg.style_mixing <= 0:
+            return self.G(z, label)
+        n, layers, dev = z.shape[0], self.G.num_layers, z.device
+        crossover = torch.randint(1, layers, (n,), device=dev)
+        mixed = torch.rand(n, device=dev) < self.cfg.style_mixing
+        mix_layer = torch.where(mixed, crossover, torch.full_like(crossover, layers))
+        return self.G(z, label, z2=self._noise(n), mix_layer=mix_layer)
+
     def _d(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """D on a DiffAugmented view of ``x`` (a fresh draw of the transforms every call)."""
         return self.D(diff_augment(x, self.augment_ops) if self.augment_ops else x, label)
@@ -239,6 +300,8 @@ class CGANRecipe:
                 yield z, torch.randint(0, k, (n,), generator=rng).to(dev)
 
         recalibrate_batch_norm(g, inputs(), self.rt.autocast)
+        if isinstance(g, StyleGenerator):
+            g.recompute_w_avg(W_AVG_SAMPLES, seed=self.cfg.seed + 2)
 
     def train_step(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
         real, label = to_device(batch, self.rt.device)
@@ -247,7 +310,7 @@ class CGANRecipe:
         # discriminator: real images with their labels vs fakes of the same labels
         for _ in range(self.cfg.d_steps):
             with torch.no_grad(), rt.autocast():
-                fake = self.G(self._noise(n), label)
+                fake = self._generate(self._noise(n), label)
             with rt.autocast():
                 loss_d = self.gan.d_loss(self._d(real, label), self._d(fake, label))
             if self.gan.name == "wgan-gp":
@@ -264,10 +327,10 @@ class CGANRecipe:
         with rt.autocast():
             if self.cfg.mode_seeking > 0:  # a second noise per label, in the same G pass
                 z = self._noise(2 * n)
-                fakes = self.G(z, torch.cat([label, label]))
+                fakes = self._generate(z, torch.cat([label, label]))
                 fake, fake2 = fakes[:n], fakes[n:]
             else:
-                fake = self.G(self._noise(n), label)
+                fake = self._generate(self._noise(n), label)
             fake_logits = self._d(fake, label)
             real_logits = self._d(real, label) if self.gan.needs_real_for_g else None
             loss_g = self.gan.g_loss(fake_logits, real_logits)
