@@ -109,7 +109,8 @@ class Config(AdversarialConfig):
         default="dcgan",
         metadata={
             "help": "generator architecture: dcgan (conditional batch norm) or style (mapping network, "
-            "modulated convolutions, noise inputs; sampled with truncation and style mixing)",
+            "modulated convolutions, noise inputs; sampled with truncation and style mixing; its equalised "
+            "learning rate wants --lr-g about 2e-3)",
             "choices": GENERATORS,
         },
     )
