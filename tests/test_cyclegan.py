@@ -238,3 +238,25 @@ def test_feature_config_errors() -> None:
     with pytest.raises(ConfigError, match=">= 0"):
         Config(lambda_style=-1)
     assert not Config().uses_features and Config(lambda_content=1).uses_features
+
+
+def test_the_texture_head_learns_at_its_own_rate(fixtures_dir: Path, small_torch) -> None:
+    """--lr-texture: Adam's first step moves each parameter by about its group's rate, so after one
+    step the texture head's output conv moved by about --lr-texture and the colour path's last conv
+    by about --lr-g."""
+    kw = dict(generator="guided", crop_size=48, low_size=16, d_size=32, n_blocks=1, norm="none",
+              texture=4, texture_size=32, texture_dilation="plain", lr_g=1e-4, lr_texture=1e-2)  # fmt: skip
+    torch.manual_seed(0)
+    recipe = CycleGAN(tiny(fixtures_dir, **kw), Runtime.create("cpu", "fp32"))
+    g = recipe.nets["G_AB"]
+    colour, texture = g.net.model[-2].weight, g.texture.out.weight
+    before = colour.detach().clone(), texture.detach().clone()
+    recipe.train_step(next(recipe.batches(0)), 0)
+    moved_colour = (colour - before[0]).abs().max().item()
+    moved_texture = (texture - before[1]).abs().max().item()
+    assert 0.5e-4 < moved_colour <= 1.01e-4
+    assert 0.5e-2 < moved_texture <= 1.01e-2
+    with pytest.raises(ConfigError, match="lr-texture"):
+        Config(lr_texture=1e-3)  # no texture head
+    with pytest.raises(ConfigError, match="lr-texture"):
+        Config(texture=4, lr_texture=0.0)

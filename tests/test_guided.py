@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.networks.guided import GuidedTranslator, box_filter, guided_filter_coefficients
+from training.networks.guided import GuidedTranslator, TextureHead, box_filter, guided_filter_coefficients
 
 FIXTURE_PHOTO = Path(__file__).parent / "fixtures" / "yosemite" / "trainA"
 
@@ -112,25 +112,43 @@ def test_bad_settings_and_inputs_are_refused() -> None:
 def test_the_texture_head_paints_what_a_colour_change_cannot() -> None:
     """Fit a photo with fine stripes (period 4 px) painted on it: the colour path and its 2x
     coarser detail residual cannot express them and stay at the untranslated error; the texture
-    head, working at the photo's own size, learns them."""
+    head, working at the photo's own size, learns them, dilated or plain."""
     x = _photo(48, 48)
     stripes = 0.3 * torch.sin(torch.arange(48) * torch.pi / 2).view(1, 1, 1, 48)
     target = (x + stripes).clamp(-1, 1)
     untranslated = (x - target).pow(2).mean().item()
+    heads = {"none": {}, "dilated": {"texture": 8}, "plain": {"texture": 8, "texture_dilated": False}}
     errors = {}
-    for texture in (0, 8):
+    for name, head in heads.items():
         torch.manual_seed(0)
-        net = GuidedTranslator(low_size=24, ngf=8, n_blocks=2, norm="none", detail=True, texture=texture,
-                               texture_size=48)  # fmt: skip
+        net = GuidedTranslator(low_size=24, ngf=8, n_blocks=2, norm="none", detail=True, texture_size=48,
+                               **head)  # fmt: skip
         opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-        for _ in range(100):
+        for _ in range(150):
             loss = (net(x) - target).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        errors[texture] = loss.item()
-    assert errors[0] > 0.9 * untranslated
-    assert errors[8] < 0.25 * untranslated
+        errors[name] = loss.item()
+    assert errors["none"] > 0.9 * untranslated
+    assert errors["dilated"] < 0.25 * untranslated and errors["plain"] < 0.25 * untranslated
+
+
+@pytest.mark.parametrize(("dilated", "field"), [(True, 33), (False, 17)], ids=["dilated", "plain"])
+def test_the_texture_heads_receptive_field(dilated: bool, field: int) -> None:
+    """Stem, three blocks of two convs, output conv: with dilations 1, 2, 4 a pixel sees 33 px;
+    with plain 3 x 3 convs 17 px, with no holes (every pixel of the field reaches the output)."""
+    torch.manual_seed(0)
+    head = TextureHead(4, n_blocks=3, dilated=dilated)
+    for p in head.parameters():
+        p.data.normal_(0.0, 0.3)
+    image = torch.zeros(1, 3, 64, 64, requires_grad=True)
+    head(image, torch.zeros(1, 3, 64, 64))[0, :, 32, 32].sum().backward()
+    reach = image.grad.abs().sum(dim=(0, 1)) > 0
+    rows, cols = reach.any(1).nonzero().flatten(), reach.any(0).nonzero().flatten()
+    assert (rows.max() - rows.min() + 1).item() == (cols.max() - cols.min() + 1).item() == field
+    if not dilated:
+        assert reach[32 - 8 : 32 + 9, 32 - 8 : 32 + 9].all()
 
 
 def test_reflect_padding_gives_no_position_signal_at_the_borders() -> None:
@@ -162,6 +180,8 @@ def test_texture_settings_are_checked_and_named_in_the_architecture() -> None:
         GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=4)
     net = GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=96)
     assert "texture head 4 ch at 96 px" in net.architecture
+    plain = GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=96, texture_dilated=False)
+    assert "texture head 4 ch plain at 96 px" in plain.architecture
     assert "texture" not in GuidedTranslator(low_size=16, ngf=4, n_blocks=1).architecture
 
 

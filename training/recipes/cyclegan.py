@@ -113,6 +113,16 @@ class Config(TranslationConfig):
     texture_size: int = field(
         default=256, metadata={"help": "guided: side of the square copy the texture head works on"}
     )
+    texture_dilation: str = field(
+        default="growing",
+        metadata={"help": "guided: the texture head's residual blocks dilate 1, 2, 4, ... (growing: a wider "
+                  "field) or not at all (plain: no gridding pattern)", "choices": ("growing", "plain")},
+    )  # fmt: skip
+    lr_texture: float | None = field(
+        default=None,
+        metadata={"help": "guided: learning rate of the texture head (None: --lr-g); a head that starts at "
+                  "zero learns texture faster than the colour path dares to move"},
+    )  # fmt: skip
     d_size: int | None = field(
         default=None,
         metadata={"help": "discriminators see images resized to this side (None: the training crop)"},
@@ -200,6 +210,8 @@ class Config(TranslationConfig):
             raise ConfigError(f"--d-size {self.d_size}: the PatchGAN needs at least 16 px")
         if self.generator == "resnet" and self.crop_size % 2**ResnetGenerator.n_downsampling:
             raise ConfigError(f"--size {self.crop_size}: the ResNet generator needs a multiple of 4")
+        if self.lr_texture is not None and (self.lr_texture <= 0 or not self.texture):
+            raise ConfigError(f"--lr-texture {self.lr_texture}: needs --texture and a rate > 0")
         if bool(self.a_dir) != bool(self.b_dir):
             raise ConfigError("give both --a-dir and --b-dir, or neither")
 
@@ -213,7 +225,7 @@ def build_inference_nets(config: Config) -> dict[str, nn.Module]:
                 config.low_size, ngf=config.ngf, n_blocks=config.n_blocks, norm=config.g_norm or config.norm,
                 radius=config.gf_radius, eps=config.gf_eps, detail=config.detail, upsample=config.upsample,
                 max_slope=config.gf_max_slope, texture=config.texture, texture_size=config.texture_size,
-                padding=config.g_padding,
+                padding=config.g_padding, texture_dilated=config.texture_dilation == "growing",
             )  # fmt: skip
         return ResnetGenerator(
             3,
@@ -376,10 +388,9 @@ class CycleGAN:
         nets = {**build_inference_nets(cfg), **build_discriminators(cfg)}
         self.nets = {k: v.to(rt.device).train() for k, v in nets.items()}
         betas = (cfg.beta1, cfg.beta2)
-        g_params = itertools.chain(self.nets["G_AB"].parameters(), self.nets["G_BA"].parameters())
         d_params = itertools.chain(self.nets["D_A"].parameters(), self.nets["D_B"].parameters())
         self.optimizers = {
-            "G": torch.optim.Adam(g_params, lr=cfg.lr_g, betas=betas),
+            "G": torch.optim.Adam(self._g_param_groups(), lr=cfg.lr_g, betas=betas),
             "D": torch.optim.Adam(d_params, lr=cfg.lr_d, betas=betas),
         }
         self.schedulers = {
@@ -402,6 +413,17 @@ class CycleGAN:
                     "A": self._domain_statistics(self.dataset.files_a),
                     "B": self._domain_statistics(self.dataset.files_b),
                 }
+
+    def _g_param_groups(self) -> list[dict[str, Any]]:
+        """Both generators' parameters; a texture head in its own group at ``lr_texture``."""
+        gens = [self.nets["G_AB"], self.nets["G_BA"]]
+        head = [p for g in gens if getattr(g, "texture", None) is not None for p in g.texture.parameters()]
+        ids = {id(p) for p in head}
+        rest = [p for g in gens for p in g.parameters() if id(p) not in ids]
+        groups: list[dict[str, Any]] = [{"params": rest}]
+        if head:
+            groups.append({"params": head, "lr": self.cfg.lr_texture or self.cfg.lr_g})
+        return groups
 
     # -- data -----------------------------------------------------------------------------------
     def batches(self, start_step: int):
