@@ -180,7 +180,9 @@ def test_texture_settings_are_checked_and_named_in_the_architecture() -> None:
         GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=4)
     net = GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=96)
     assert "texture head 4 ch at 96 px" in net.architecture
-    plain = GuidedTranslator(low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=96, texture_dilated=False)
+    plain = GuidedTranslator(
+        low_size=16, ngf=4, n_blocks=1, texture=4, texture_size=96, texture_dilated=False
+    )
     assert "texture head 4 ch plain at 96 px" in plain.architecture
     assert "texture" not in GuidedTranslator(low_size=16, ngf=4, n_blocks=1).architecture
 

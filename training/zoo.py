@@ -474,7 +474,9 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         ),
         Job(
             "summer2winter",
-            bar=bar_fid("A2B", max_identity_ratio=1.05, judge_share=0.60, cnn_judge_share=0.60, max_border=2.0),
+            bar=bar_fid(
+                "A2B", max_identity_ratio=1.05, judge_share=0.60, cnn_judge_share=0.60, max_border=2.0
+            ),
             train=[TrainRun("cyclegan", s2w_run, {"data": str(s2w), **seasons, "steps": TRANSLATOR_STEPS})],
             evaluate=Evaluate(
                 (models / "summer2winter", models / "winter2summer"),
@@ -495,7 +497,9 @@ def jobs(data: Path, runs: Path) -> list[Job]:
         Job(
             "winter2summer",
             needs=["summer2winter"],
-            bar=bar_fid("B2A", max_identity_ratio=1.05, judge_share=0.60, cnn_judge_share=0.60, max_border=2.0),
+            bar=bar_fid(
+                "B2A", max_identity_ratio=1.05, judge_share=0.60, cnn_judge_share=0.60, max_border=2.0
+            ),
             train=[],
             evaluate=None,  # the summer2winter job measures both exported directions
             export=Export(

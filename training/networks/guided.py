@@ -95,7 +95,8 @@ class TextureHead(nn.Module):
         self.stem = nn.Sequential(conv(6, channels), nn.ReLU())
         dilation = [2**i if dilated else 1 for i in range(n_blocks)]
         self.blocks = nn.ModuleList(
-            nn.Sequential(conv(channels, channels, d), nn.ReLU(), conv(channels, channels, d)) for d in dilation
+            nn.Sequential(conv(channels, channels, d), nn.ReLU(), conv(channels, channels, d))
+            for d in dilation
         )
         self.out = conv(channels, 3)
         for m in self.modules():
