@@ -192,13 +192,15 @@ class GuidedTranslator(nn.Module):
         lo = self.low(x)
         delta, a, b = self.coefficients(lo)
         up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
-        out = x + up(a) * x + up(b)
-        if self.detail:
-            out = out + up(delta - (a * lo + b))
+        # B + R = resize(b) + resize(delta - (a * lo + b)) = resize(delta - a * lo): resizing is
+        # linear, so the detail path costs no full-resolution tensor of its own
+        offset = delta - a * lo if self.detail else b
+        out = x + up(a) * x + up(offset)
         if self.texture is not None:
             t = (self.texture_size, self.texture_size)
             work = lambda v: F.interpolate(v, size=t, mode="bilinear", align_corners=False, antialias=True)  # noqa: E731
-            out = out + up(self.texture(work(x), work(out)))
+            copy = lo if self.texture_size == self.low_size else work(x)  # the same resize
+            out = out + up(self.texture(copy, work(out)))
         return out.clamp(-1.0, 1.0)
 
     @property
