@@ -217,3 +217,21 @@ def test_before_after_figure_shows_each_photo_at_its_own_size_and_the_model_outp
     assert fig.shape[0] == 2 * h + 2 and fig.shape[1] >= 2 * w  # before row, after row, native size
     assert np.abs(fig[:h, :w] - first).mean() < 6  # JPEG of the photo itself
     assert np.abs(fig[h + 2 :, :w] - (255 - first)).mean() < 6  # the model's output: the inversion
+
+
+def test_each_export_reads_the_report_its_evaluation_writes(tmp_path) -> None:
+    """A job that evaluates its exported model folder into a report exports the card from exactly
+    that report (the name ``transfigure evaluate`` gives it: prefixed by the folder only when one
+    command evaluates several folders)."""
+    checked = 0
+    for job in zoo.jobs(tmp_path / "data", tmp_path / "runs"):
+        folder = zoo_dir() / job.name
+        if job.evaluate is None or job.export.eval is None or folder not in job.evaluate.paths:
+            continue
+        assert job.export.eval == job.evaluate.report(folder), job.name
+        checked += 1
+    assert checked >= 3  # the translators at least
+    several = zoo.Evaluate((Path("m/a"), Path("m/b")), data=Path("d/set"), out=Path("o"))
+    assert several.report(Path("m/b")) == Path("o/b_set.json")
+    with pytest.raises(ValueError, match="not evaluated"):
+        several.report(Path("m/c"))

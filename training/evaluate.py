@@ -712,6 +712,12 @@ def markdown_table(report: Report, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_prefix(folder: Path, several: bool) -> str:
+    """What ``transfigure evaluate --out DIR`` puts before a folder's report name: the folder's
+    name when one command evaluates several folders into one DIR, else nothing."""
+    return f"{folder.name}_" if several else ""
+
+
 def write_report(report: Report, out: Path, name: str, extra: dict[str, Any], title: str) -> Path:
     """``out/<name>.json``, ``out/<name>.md`` and ``out/<name>_<net>.png``; returns the JSON's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -1035,7 +1041,7 @@ def run(args: argparse.Namespace) -> int:
         use_feature_cache(args.feature_cache)
     paths = [Path(p) for p in (args.run if isinstance(args.run, (list, tuple)) else [args.run])]
     for path in paths:
-        prefix = f"{path.name}_" if args.out and len(paths) > 1 else ""  # one folder, several reports
+        prefix = report_prefix(path, bool(args.out) and len(paths) > 1)
         try:
             if is_model_folder(path):
                 if args.judge:

@@ -47,6 +47,7 @@ from models.card import BarCriterion, ModelCard, QualityBar
 from models.files import atomic_write
 from training.config import ConfigError, check_value_types, config_from_args, config_to_argv
 from training.data.images import list_images, load_rgb_array
+from training.evaluate import report_prefix
 from training.grids import grid_png
 from training.quality import (
     bicubic_downscale,
@@ -280,6 +281,13 @@ class Evaluate:
             "--feature-cache": self.feature_cache,
         }
         return ["evaluate", *map(str, self.paths), *_options(options)]
+
+    def report(self, folder: Path) -> Path:
+        """The JSON report this command writes for ``folder`` (one of ``paths``; needs ``data`` and
+        ``out``): ``OUT/[FOLDER_]<data folder's name>.json``."""
+        if folder not in self.paths or self.data is None or self.out is None:
+            raise ValueError(f"{folder} is not evaluated into a known report by {self.argv()}")
+        return self.out / f"{report_prefix(folder, len(self.paths) > 1)}{self.data.name}.json"
 
 
 @dataclass(frozen=True)
