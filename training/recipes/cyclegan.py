@@ -120,8 +120,8 @@ class Config(TranslationConfig):
     )  # fmt: skip
     lr_texture: float | None = field(
         default=None,
-        metadata={"help": "guided: learning rate of the texture head (None: --lr-g); a head that starts at "
-                  "zero learns texture faster than the colour path dares to move"},
+        metadata={"help": "guided: learning rate of the texture head's own Adam group (None: --lr-g); a "
+                  "higher one moves the domain judges faster and costs FID"},
     )  # fmt: skip
     d_size: int | None = field(
         default=None,
